@@ -1,0 +1,23 @@
+"""TarFlowLM: language modeling in continuous space with transformer-based autoregressive flows."""
+
+from transformers import AutoConfig, AutoModel
+
+from .configuration_tarflow import TarFlowConfig
+from .generation import TarFlowGenerationConfig
+from .modeling_tarflow import TarFlowForCausalFlowLM, TarFlowOutput, TarFlowPreTrainedModel
+from .validation import TokenIdDtypeError
+
+# In-process auto classes (installed package) and auto_map + copied code on save (trust_remote_code loads).
+AutoConfig.register(TarFlowConfig.model_type, TarFlowConfig, exist_ok=True)
+AutoModel.register(TarFlowConfig, TarFlowForCausalFlowLM, exist_ok=True)
+TarFlowConfig.register_for_auto_class()
+TarFlowForCausalFlowLM.register_for_auto_class("AutoModel")
+
+__all__ = [
+    "TarFlowConfig",
+    "TarFlowGenerationConfig",
+    "TarFlowForCausalFlowLM",
+    "TarFlowOutput",
+    "TarFlowPreTrainedModel",
+    "TokenIdDtypeError",
+]

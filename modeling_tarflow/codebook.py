@@ -1,0 +1,58 @@
+"""The Gaussian codebook: encoder q(z|x), tied Bayes decoder p(x|z), and mixture components for Mix-d layers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .mixtures import LOG_SQRT_2PI
+
+# Above this many K·d entries per token, distances are expanded as ‖z‖² − 2 z·μ + ‖μ‖² (one matmul, as cheap as an
+# LM head) instead of materialising z − μ_k; the expansion loses precision only when σ_k ≪ ‖z‖·1e-3 (float32).
+_DIRECT_DISTANCE_MAX_ENTRIES = 1 << 16
+
+
+class GaussianCodebook(nn.Module):
+    r"""K isotropic Gaussians N_k = N(μ_k, σ_k² I_d) (§2.1), with σ_k = exp(log σ_k) unconstrained.
+
+    As the encoder: q(z_t | x_t = k) = N_k(z_t). As the tied decoder (§2.2, Bayes rule with a uniform prior):
+    p(x_t = k | z_t) = N_k(z_t) / Σ_j N_j(z_t), i.e. softmax over the logits log N_k(z_t).
+    """
+
+    def __init__(self, num_components: int, dim: int):
+        super().__init__()
+        self.num_components = num_components
+        self.dim = dim
+        self.mu = nn.Parameter(torch.empty(num_components, dim))
+        self.log_sigma = nn.Parameter(torch.empty(num_components))
+
+    def reset_parameters(self, init_std: float, init_sigma: float, generator: torch.Generator | None = None) -> None:
+        with torch.no_grad():
+            self.mu.normal_(0.0, init_std, generator=generator)
+            self.log_sigma.fill_(math.log(init_sigma))
+
+    def sample(self, ids: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """z = μ_x + σ_x ε with ε ~ N(0, I) (reparameterised), shape (*ids.shape, d)."""
+        if noise is None:
+            noise = torch.randn(*ids.shape, self.dim, device=self.mu.device, dtype=self.mu.dtype)
+        return self.mu[ids] + torch.exp(self.log_sigma[ids]).unsqueeze(-1) * noise
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log N_k(z) for every component k: shape (..., K). These are also the decoder's logits."""
+        if self.num_components * self.dim <= _DIRECT_DISTANCE_MAX_ENTRIES:
+            squared_distance = (z.unsqueeze(-2) - self.mu).square().sum(-1)
+        else:
+            squared_distance = (z.square().sum(-1, keepdim=True) - 2 * z @ self.mu.T
+                                + self.mu.square().sum(-1)).clamp_min(0)
+        return (-0.5 * squared_distance * torch.exp(-2 * self.log_sigma)
+                - self.dim * (self.log_sigma + LOG_SQRT_2PI))
+
+    def log_prob_per_dim(self, z: torch.Tensor) -> torch.Tensor:
+        """log N(z_i; μ_{k,i}, σ_k²) per component and dimension: (..., d) → (..., K, d)."""
+        scaled = (z.unsqueeze(-2) - self.mu) * torch.exp(-self.log_sigma).unsqueeze(-1)
+        return -0.5 * scaled.square() - self.log_sigma.unsqueeze(-1) - LOG_SQRT_2PI
+
+
+__all__ = ["GaussianCodebook"]

@@ -1,0 +1,193 @@
+"""TarFlowLM configuration: every model hyper-parameter in one validated `PretrainedConfig`."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+from transformers import PretrainedConfig
+
+COUPLINGS = ("affine", "mixture_cdf", "mixture_rosenblatt")
+DIRECTIONS = ("l2r", "r2l")
+
+# Defaults filled into every `flow_layers` entry, per coupling (§3.8 of the method notes).
+_LAYER_DEFAULTS = {
+    "affine": {"num_layers": 2, "autoregressive_dims": False},
+    "mixture_cdf": {"num_layers": 2, "num_mixtures": 64, "autoregressive_dims": True},
+    "mixture_rosenblatt": {"num_layers": 2},
+}
+_LAYER_KEYS = {
+    "affine": {"coupling", "num_layers", "direction", "autoregressive_dims"},
+    "mixture_cdf": {"coupling", "num_layers", "direction", "autoregressive_dims", "num_mixtures"},
+    "mixture_rosenblatt": {"coupling", "num_layers", "direction", "num_mixtures", "tie_codebook"},
+}
+
+# text8 Mix-d (§3.8): a tied Mixture-Rosenblatt layer, then two Mix-1 layers with V = 2 mixtures.
+DEFAULT_FLOW_LAYERS = (
+    {"coupling": "mixture_rosenblatt", "num_layers": 4},
+    {"coupling": "mixture_cdf", "num_mixtures": 2, "num_layers": 4},
+    {"coupling": "mixture_cdf", "num_mixtures": 2, "num_layers": 4},
+)
+
+
+class TarFlowConfig(PretrainedConfig):
+    r"""Configuration of a TarFlowLM model (Zhang et al., 2025, arXiv 2507.00425).
+
+    Tokens x ∈ {0..V−1} are encoded to z ∈ R^d by a Gaussian codebook; `flow_layers` stacked transformer
+    autoregressive flows map patches of P tokens (vectors of P·d channels) to u ~ N(0, I).
+
+    Args:
+        vocab_size (`int`): V, the number of token ids (27 for text8, 50257 for GPT-2 BPE).
+        latent_dim (`int`): d, the latent dimension per token (5 for text8, 16 for OpenWebText).
+        patch_size (`int`): P, tokens per patch; the flow transformers run over T/P positions.
+        hidden_size (`int`): width of every flow transformer.
+        num_attention_heads (`int`): attention heads of every flow transformer.
+        intermediate_size (`int`, *optional*): MLP width; defaults to 4 · `hidden_size`.
+        max_position_embeddings (`int`): longest sequence in tokens (a multiple of `patch_size`).
+        flow_layers (`list[dict]`): one dict per flow layer, from the z side to the u side. Keys:
+            `coupling` (`"affine" | "mixture_cdf" | "mixture_rosenblatt"`), `num_layers` (transformer layers),
+            `direction` (`"l2r" | "r2l"`, default alternating from `"l2r"`), `num_mixtures` (mixture components),
+            `autoregressive_dims` (MAF head over the patch channels; affine and mixture_cdf), `tie_codebook`
+            (mixture_rosenblatt: use the encoder codebook as components; default for the first layer).
+        channel_mixing (`bool`): apply ChannelMix (Algorithm 2: even channels, then odd) between flow layers.
+        maf_hidden_size (`int`): D of the MAF-MLP head (App. H); each channel gets D/2 hidden units.
+        log_scale_bound (`float`): mixture log-scales are soft-clipped to ±bound by bound·tanh(x / bound).
+        codebook_init_std (`float`): std of the initial codebook means μ_k.
+        codebook_init_sigma (`float`): initial codebook scale σ_k.
+        dropout (`float`): dropout on attention and MLP outputs.
+        layer_norm_eps (`float`), initializer_range (`float`): as in GPT-2.
+        root_tolerance (`float`), root_max_iterations (`int`): stopping rule of the inverse-CDF root finder
+            (residual |Φ⁻¹(F(z)) − u| in probit units).
+    """
+
+    model_type = "tarflow"
+
+    def __init__(
+        self,
+        vocab_size: int = 27,
+        latent_dim: int = 5,
+        patch_size: int = 1,
+        hidden_size: int = 256,
+        num_attention_heads: int = 4,
+        intermediate_size: int | None = None,
+        max_position_embeddings: int = 256,
+        flow_layers: list[dict] | None = None,
+        channel_mixing: bool = True,
+        maf_hidden_size: int = 128,
+        log_scale_bound: float = 7.0,
+        codebook_init_std: float = 1.0,
+        codebook_init_sigma: float = 0.5,
+        dropout: float = 0.0,
+        layer_norm_eps: float = 1e-5,
+        initializer_range: float = 0.02,
+        root_tolerance: float = 1e-6,
+        root_max_iterations: int = 100,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.latent_dim = latent_dim
+        self.patch_size = patch_size
+        self.hidden_size = hidden_size
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size if intermediate_size is not None else 4 * hidden_size
+        self.max_position_embeddings = max_position_embeddings
+        self.channel_mixing = channel_mixing
+        self.maf_hidden_size = maf_hidden_size
+        self.log_scale_bound = log_scale_bound
+        self.codebook_init_std = codebook_init_std
+        self.codebook_init_sigma = codebook_init_sigma
+        self.dropout = dropout
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.root_tolerance = root_tolerance
+        self.root_max_iterations = root_max_iterations
+        self._validate_scalars()
+        raw_layers = DEFAULT_FLOW_LAYERS if flow_layers is None else flow_layers
+        self.flow_layers = normalize_flow_layers(raw_layers, vocab_size)
+        kwargs.setdefault("tie_word_embeddings", False)
+        super().__init__(**kwargs)
+
+    def _validate_scalars(self) -> None:
+        positive_ints = ("vocab_size", "latent_dim", "patch_size", "hidden_size", "num_attention_heads",
+                         "intermediate_size", "max_position_embeddings", "maf_hidden_size", "root_max_iterations")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TarFlowConfig.{name} must be a positive integer, got {value!r}")
+        positive_floats = ("log_scale_bound", "codebook_init_std", "codebook_init_sigma", "layer_norm_eps",
+                           "initializer_range", "root_tolerance")
+        for name in positive_floats:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"TarFlowConfig.{name} must be a positive finite number, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"TarFlowConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"TarFlowConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                             f"num_attention_heads ({self.num_attention_heads})")
+        if self.max_position_embeddings % self.patch_size:
+            raise ValueError(f"TarFlowConfig.max_position_embeddings ({self.max_position_embeddings}) must be a "
+                             f"multiple of patch_size ({self.patch_size})")
+        if not isinstance(self.channel_mixing, bool):
+            raise ValueError(f"TarFlowConfig.channel_mixing must be a bool, got {self.channel_mixing!r}")
+
+    @property
+    def patch_channels(self) -> int:
+        """P·d: the size of one patch vector, the unit each flow transformer position models."""
+        return self.patch_size * self.latent_dim
+
+    @property
+    def num_flow_layers(self) -> int:
+        return len(self.flow_layers)
+
+    @property
+    def num_transformer_layers(self) -> int:
+        return sum(layer["num_layers"] for layer in self.flow_layers)
+
+
+def normalize_flow_layers(flow_layers, vocab_size: int) -> list[dict]:
+    """Validate `flow_layers` and return a copy with every default written out (so config.json is explicit)."""
+    if not isinstance(flow_layers, (list, tuple)) or len(flow_layers) == 0:
+        raise ValueError(f"TarFlowConfig.flow_layers must be a non-empty list of dicts, got {flow_layers!r}")
+    return [_normalize_layer(index, layer, vocab_size) for index, layer in enumerate(flow_layers)]
+
+
+def _normalize_layer(index: int, layer, vocab_size: int) -> dict:
+    where = f"TarFlowConfig.flow_layers[{index}]"
+    if not isinstance(layer, dict):
+        raise ValueError(f"{where} must be a dict, got {layer!r}")
+    coupling = layer.get("coupling")
+    if coupling not in COUPLINGS:
+        raise ValueError(f"{where}['coupling'] must be one of {COUPLINGS}, got {coupling!r}")
+    unknown = set(layer) - _LAYER_KEYS[coupling]
+    if unknown:
+        raise ValueError(f"{where} has unknown key(s) {sorted(unknown)} for coupling {coupling!r}; "
+                         f"allowed: {sorted(_LAYER_KEYS[coupling])}")
+    out = {**copy.deepcopy(_LAYER_DEFAULTS[coupling]), **copy.deepcopy(layer)}
+    out.setdefault("direction", DIRECTIONS[index % 2])
+    if coupling == "mixture_rosenblatt":
+        out.setdefault("tie_codebook", index == 0)
+        if out["tie_codebook"]:
+            if out.setdefault("num_mixtures", vocab_size) != vocab_size:
+                raise ValueError(f"{where}['num_mixtures'] must equal vocab_size ({vocab_size}) when the layer "
+                                 f"is tied to the encoder codebook, got {out['num_mixtures']!r}")
+        else:
+            out.setdefault("num_mixtures", 64)
+    _check_layer_values(where, out)
+    return out
+
+
+def _check_layer_values(where: str, layer: dict) -> None:
+    for key in ("num_layers", "num_mixtures"):
+        if key in layer:
+            value = layer[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{where}['{key}'] must be a positive integer, got {value!r}")
+    if layer["direction"] not in DIRECTIONS:
+        raise ValueError(f"{where}['direction'] must be one of {DIRECTIONS}, got {layer['direction']!r}")
+    for key in ("autoregressive_dims", "tie_codebook"):
+        if key in layer and not isinstance(layer[key], bool):
+            raise ValueError(f"{where}['{key}'] must be a bool, got {layer[key]!r}")
+
+
+__all__ = ["TarFlowConfig", "COUPLINGS", "DIRECTIONS"]

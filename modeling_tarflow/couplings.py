@@ -1,0 +1,198 @@
+"""Couplings: the invertible per-patch transforms of a flow layer, given the transformer features f_t.
+
+Uniform interface, for patches h of shape (B, n, c) and features f of shape (B, n, D):
+    forward(h, f) -> (u, log_det)        log_det = log|det ∂u/∂h| per patch, shape (B, n)
+    inverse(u, f) -> (h, iterations)     iterations: root-finder iterations used (0 for closed-form inverses)
+Mixture math runs in float32 or wider, outside autocast (see `mixtures.mixture_dtype`).
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import nn
+
+from .codebook import GaussianCodebook
+from .heads import LinearHead, MaskedAutoregressiveHead
+from .mixtures import mixture_cdf_transform, mixture_dtype, mixture_inverse_cdf, normal_log_prob
+
+
+def _full_precision(*tensors: torch.Tensor):
+    """Upcast to the mixture dtype and leave autocast, so bf16 training never reaches the CDF arithmetic."""
+    dtype = mixture_dtype(*tensors)
+    context = torch.autocast(tensors[0].device.type, enabled=False)
+    return context, [t.to(dtype) for t in tensors]
+
+
+class ElementwiseCoupling(nn.Module, metaclass=abc.ABCMeta):
+    """u_i = τ(h_i; θ_i) channel by channel, θ from a linear head (channels independent given the history) or a
+    MAF head (θ_i also depends on h_{<i}). Subclasses define τ (`transform`) and its inverse (`invert`)."""
+
+    params_per_channel: int
+
+    def __init__(self, hidden_size: int, channels: int, autoregressive: bool, maf_hidden_size: int):
+        super().__init__()
+        if autoregressive:
+            self.head = MaskedAutoregressiveHead(hidden_size, channels, self.params_per_channel, maf_hidden_size)
+        else:
+            self.head = LinearHead(hidden_size, channels, self.params_per_channel)
+
+    def forward(self, h: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        params = self.head(features, h)
+        context, (h, params) = _full_precision(h, params)
+        with context:
+            u, log_det = self.transform(h, params)
+        return u, log_det.sum(-1)
+
+    def inverse(self, u: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, int]:
+        if not self.head.autoregressive:
+            return self._invert_full_precision(u, self.head(features))
+        # MAF head: channel i needs h_{<i}, so the channels are recovered one after another.
+        h = torch.zeros_like(u)
+        iterations = 0
+        for i in range(u.shape[-1]):
+            params = self.head(features, h)[..., i:i + 1, :]
+            h_i, used = self._invert_full_precision(u[..., i:i + 1], params)
+            h = h.clone()
+            h[..., i:i + 1] = h_i.to(h.dtype)
+            iterations = max(iterations, used)
+        return h, iterations
+
+    def _invert_full_precision(self, u: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, int]:
+        context, (u, params) = _full_precision(u, params)
+        with context:
+            return self.invert(u, params)
+
+    @abc.abstractmethod
+    def transform(self, h: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(u, log|du/dh|) channel by channel, both shaped like h."""
+
+    @abc.abstractmethod
+    def invert(self, u: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(h, root-finder iterations) with transform(h, params)[0] == u."""
+
+
+class AffineCoupling(ElementwiseCoupling):
+    """u = (h − b)·exp(−a),  log|du/dh| = −a   (TarFlow's affine transform; §3.2 "Affine")."""
+
+    params_per_channel = 2
+
+    def transform(self, h, params):
+        a, b = params.unbind(-1)
+        return (h - b) * torch.exp(-a), -a
+
+    def invert(self, u, params):
+        a, b = params.unbind(-1)
+        return u * torch.exp(a) + b, 0
+
+
+class MixtureCDFCoupling(ElementwiseCoupling):
+    """Mix-1 (§3.2.1): u_i = Φ⁻¹(F_mix(h_i)),  log|du_i/dh_i| = log p_mix(h_i) − log N(u_i; 0, 1),
+
+    with p_mix(h_i) = Σ_k π_k N(h_i; m_k, s_k²), π = softmax(logits), s_k = exp(bound·tanh(ŝ_k / bound)).
+    Zero parameters give K copies of N(0, 1): F_mix = Φ and u = h, the identity.
+    """
+
+    def __init__(self, hidden_size: int, channels: int, num_mixtures: int, autoregressive: bool,
+                 maf_hidden_size: int, log_scale_bound: float, root_tolerance: float = 1e-6,
+                 root_max_iterations: int = 100):
+        self.num_mixtures = num_mixtures
+        self.params_per_channel = 3 * num_mixtures
+        self.log_scale_bound = log_scale_bound
+        super().__init__(hidden_size, channels, autoregressive, maf_hidden_size)
+        self.root_tolerance, self.root_max_iterations = root_tolerance, root_max_iterations
+
+    def mixture(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log π, m, log s), each (..., K), from unconstrained parameters (..., 3K)."""
+        logits, mean, raw_log_scale = params.split(self.num_mixtures, dim=-1)
+        bound = self.log_scale_bound
+        return torch.log_softmax(logits, dim=-1), mean, bound * torch.tanh(raw_log_scale / bound)
+
+    def transform(self, h, params):
+        return mixture_cdf_transform(h, *self.mixture(params))
+
+    def invert(self, u, params):
+        result = mixture_inverse_cdf(u, *self.mixture(params), self.root_tolerance, self.root_max_iterations)
+        return result.z, result.iterations
+
+
+class MixtureRosenblattCoupling(nn.Module):
+    r"""Mix-d (§3.2.2, Algorithm 1): each token's d-dim latent z ~ Σ_k π_k N(μ_k, σ_k² I) is mapped to N(0, I_d)
+    by the Rosenblatt transform. The network predicts only the weights π_t (one softmax per token of the patch;
+    the P tokens of a patch are conditionally independent given the history). With Lemma 1,
+
+        log α_k^(i) = log_softmax_k(log π_k + Σ_{i'<i} log N(z_{i'}; μ_{k,i'}, σ_k²))
+        u_i = Φ⁻¹(Σ_k α_k^(i) Φ((z_i − μ_{k,i})/σ_k)),   log|det| = log p_mixd(z) − log N(u; 0, I_d).
+
+    The components are the encoder codebook when tied (the paper's Mix-d first layer), else learned here.
+    """
+
+    def __init__(self, hidden_size: int, patch_size: int, latent_dim: int, num_mixtures: int,
+                 codebook: GaussianCodebook | None = None, root_tolerance: float = 1e-6,
+                 root_max_iterations: int = 100):
+        super().__init__()
+        self.patch_size, self.latent_dim, self.num_mixtures = patch_size, latent_dim, num_mixtures
+        self.head = LinearHead(hidden_size, patch_size, num_mixtures)
+        if codebook is None:
+            self.own_components = GaussianCodebook(num_mixtures, latent_dim)
+        else:
+            # Borrowed, not registered: the encoder owns the tied parameters (one tensor, one state-dict key).
+            self._tied_components = (codebook,)
+        self.root_tolerance, self.root_max_iterations = root_tolerance, root_max_iterations
+
+    @property
+    def components(self) -> GaussianCodebook:
+        return self._tied_components[0] if hasattr(self, "_tied_components") else self.own_components
+
+    def mixture_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Unnormalised log π_t for every token of every patch: (B, n, P, K) — the logits of an AR LM (Prop. 4)."""
+        return self.head(features)
+
+    def forward(self, h: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = h.unflatten(-1, (self.patch_size, self.latent_dim))
+        context, (z, logits) = _full_precision(z, self.mixture_logits(features))
+        with context:
+            log_pi = torch.log_softmax(logits, dim=-1)
+            mu, log_sigma = self._component_params(z.dtype)
+            per_dim = self.components.log_prob_per_dim(z).to(z.dtype)             # (B, n, P, K, d)
+            prefix = per_dim.cumsum(-1) - per_dim                                  # Σ_{i'<i}
+            log_alpha = torch.log_softmax(log_pi.unsqueeze(-1) + prefix, dim=-2)   # (B, n, P, K, d)
+            u, log_det = mixture_cdf_transform(z, log_alpha.transpose(-1, -2), mu.T, log_sigma.expand(self.latent_dim, -1))
+        return u.flatten(-2), log_det.sum((-1, -2))
+
+    def inverse(self, u: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, int]:
+        u = u.unflatten(-1, (self.patch_size, self.latent_dim))
+        context, (u, logits) = _full_precision(u, self.mixture_logits(features))
+        with context:
+            log_pi = torch.log_softmax(logits, dim=-1)
+            mu, log_sigma = self._component_params(u.dtype)
+            prefix = torch.zeros_like(log_pi)
+            dims, iterations = [], 0
+            for i in range(self.latent_dim):
+                log_alpha = torch.log_softmax(log_pi + prefix, dim=-1)
+                result = mixture_inverse_cdf(u[..., i], log_alpha, mu[:, i], log_sigma,
+                                             self.root_tolerance, self.root_max_iterations)
+                prefix = prefix + normal_log_prob(result.z.unsqueeze(-1), mu[:, i], log_sigma)
+                dims.append(result.z)
+                iterations = max(iterations, result.iterations)
+        return torch.stack(dims, dim=-1).flatten(-2), iterations
+
+    def _component_params(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.components.mu.to(dtype), self.components.log_sigma.to(dtype)
+
+
+def build_coupling(layer: dict, config, codebook: GaussianCodebook | None) -> nn.Module:
+    """The coupling described by one normalised `config.flow_layers` entry."""
+    hidden, channels = config.hidden_size, config.patch_channels
+    root = {"root_tolerance": config.root_tolerance, "root_max_iterations": config.root_max_iterations}
+    if layer["coupling"] == "affine":
+        return AffineCoupling(hidden, channels, layer["autoregressive_dims"], config.maf_hidden_size)
+    if layer["coupling"] == "mixture_cdf":
+        return MixtureCDFCoupling(hidden, channels, layer["num_mixtures"], layer["autoregressive_dims"],
+                                  config.maf_hidden_size, config.log_scale_bound, **root)
+    tied = codebook if layer["tie_codebook"] else None
+    return MixtureRosenblattCoupling(hidden, config.patch_size, config.latent_dim, layer["num_mixtures"], tied, **root)
+
+
+__all__ = ["ElementwiseCoupling", "AffineCoupling", "MixtureCDFCoupling", "MixtureRosenblattCoupling", "build_coupling"]

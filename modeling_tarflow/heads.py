@@ -1,0 +1,69 @@
+"""Parameter heads: map transformer features f_t (and, autoregressively, the patch's own channels) to the
+per-channel parameters of a coupling. Both heads return (..., c, n): n parameters for each of the c channels."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LinearHead(nn.Module):
+    """θ_{t,i} = (W f_t + b)_i: the channels of a patch are conditionally independent given the history.
+
+    Zero-initialised, so every coupling starts as the identity (or, for Mix-d, as uniform mixture weights).
+    """
+
+    autoregressive = False
+
+    def __init__(self, hidden_size: int, channels: int, params_per_channel: int):
+        super().__init__()
+        self.channels = channels
+        self.params_per_channel = params_per_channel
+        self.linear = nn.Linear(hidden_size, channels * params_per_channel)
+
+    def forward(self, features: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+        return self.linear(features).unflatten(-1, (self.channels, self.params_per_channel))
+
+
+class MaskedAutoregressiveHead(nn.Module):
+    r"""The MAF-MLP of CategoricalNF / TarFlowLM App. H: θ_{t,i} = g(f_t, h_{t,<i}), dimension-wise autoregressive.
+
+    Each channel value h_j is featurised as [h_j, elu(h_j), elu(−h_j)] and embedded to E units (block-diagonal);
+    hidden block i (D/2 units) reads f_t and the embeddings of channels j < i (a masked linear layer); a
+    block-diagonal output layer maps hidden block i to the n parameters of channel i. E = min(max(1, ⌊9D/16/(c−1)⌋), 96).
+    The output layer is zero-initialised, so the coupling starts as the identity.
+    """
+
+    autoregressive = True
+
+    def __init__(self, hidden_size: int, channels: int, params_per_channel: int, maf_hidden_size: int):
+        super().__init__()
+        self.channels = channels
+        self.params_per_channel = params_per_channel
+        embed = min(max(1, int(maf_hidden_size * 9 / 16 / max(channels - 1, 1))), 96)
+        block = max(maf_hidden_size // 2, 1)
+        self.embed_weight = nn.Parameter(torch.empty(channels, 3, embed))
+        self.embed_bias = nn.Parameter(torch.empty(channels, embed))
+        self.context = nn.Linear(hidden_size, channels * block)
+        self.recurrent = nn.Linear(channels * embed, channels * block, bias=False)
+        self.out_weight = nn.Parameter(torch.empty(channels, block, params_per_channel))
+        self.out_bias = nn.Parameter(torch.empty(channels, params_per_channel))
+        self.block_size, self.embed_size = block, embed
+        self.register_buffer("mask", self.autoregressive_mask(), persistent=False)
+
+    def autoregressive_mask(self) -> torch.Tensor:
+        """(c·D/2, c·E) mask of the recurrent layer: hidden block i may read the embedding of channel j iff j < i."""
+        allowed = torch.arange(self.channels).unsqueeze(1) > torch.arange(self.channels).unsqueeze(0)
+        return allowed.repeat_interleave(self.block_size, 0).repeat_interleave(self.embed_size, 1).float()
+
+    def forward(self, features: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """features (..., D), h (..., c) → parameters (..., c, n); row i depends on features and h[..., :i]."""
+        values = torch.stack([h, F.elu(h), F.elu(-h)], dim=-1).to(self.embed_weight.dtype)
+        embedded = F.gelu(torch.einsum("...ci,cie->...ce", values, self.embed_weight) + self.embed_bias)
+        recurrent = F.linear(embedded.flatten(-2), self.recurrent.weight * self.mask.to(self.recurrent.weight.dtype))
+        hidden = F.gelu(self.context(features) + recurrent).unflatten(-1, (self.channels, -1))
+        return torch.einsum("...cb,cbn->...cn", hidden, self.out_weight) + self.out_bias
+
+
+__all__ = ["LinearHead", "MaskedAutoregressiveHead"]

@@ -1,0 +1,163 @@
+"""TarFlowLM as `transformers` models: the pretrained base class, the NELBO output, and the flow language model."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .codebook import GaussianCodebook
+from .configuration_tarflow import TarFlowConfig
+from .flow import FlowStack
+from .generation import TarFlowGenerationConfig, sample_unconditional
+from .heads import LinearHead, MaskedAutoregressiveHead
+from .mixtures import normal_log_prob
+from .transformer import CausalConditioner
+from .validation import check_input_ids
+
+try:  # transformers ≥ 5: init functions that skip weights already loaded from a checkpoint
+    from transformers import initialization as init
+except ImportError:  # pragma: no cover - older transformers
+    from torch.nn import init
+
+
+@dataclass
+class TarFlowOutput(ModelOutput):
+    r"""The negative ELBO and its parts (Eq. 3), for one sample z ~ q(z|x) per sequence.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`): mean NELBO in nats per token — the training objective.
+        nelbo (`torch.FloatTensor` of shape `(batch,)`): −(log p(x|z) + log p(z) − log q(z|x)) per sequence, nats.
+        log_p_x_given_z (`(batch,)`): log p(x|z) of the tied Bayes decoder.
+        log_p_z (`(batch,)`): log p(z) = log N(u; 0, I) + Σ_ℓ log|det J_ℓ| under the flow prior.
+        log_q_z (`(batch,)`): log q(z|x) of the Gaussian codebook encoder.
+        flow_log_dets (`(batch, num_flow_layers)`): log|det J_ℓ| of every flow layer, data → noise.
+        z (`(batch, length, latent_dim)`): the latent sample; u: its image under the flows.
+        hidden_states (`tuple`, *optional*): h^(0) = z, .., h^(L) = u, with `output_hidden_states=True`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    nelbo: torch.FloatTensor | None = None
+    log_p_x_given_z: torch.FloatTensor | None = None
+    log_p_z: torch.FloatTensor | None = None
+    log_q_z: torch.FloatTensor | None = None
+    flow_log_dets: torch.FloatTensor | None = None
+    z: torch.FloatTensor | None = None
+    u: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+class TarFlowPreTrainedModel(PreTrainedModel):
+    config_class = TarFlowConfig
+    base_model_prefix = "tarflow"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2 init for linear/norm layers, plus the flow-specific choices: zero heads (each flow starts as the
+        identity), small position embeddings, scaled residual projections, and the codebook's μ and σ."""
+        super()._init_weights(module)
+        config, std = self.config, self.config.initializer_range
+        if isinstance(module, GaussianCodebook):
+            init.normal_(module.mu, mean=0.0, std=config.codebook_init_std)
+            init.constant_(module.log_sigma, math.log(config.codebook_init_sigma))
+        elif isinstance(module, CausalConditioner):
+            init.normal_(module.start, mean=0.0, std=std)
+            init.normal_(module.position, mean=0.0, std=0.01)
+            residual_std = std / math.sqrt(2 * len(module.blocks))
+            for block in module.blocks:
+                init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
+                init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
+        elif isinstance(module, LinearHead):
+            init.zeros_(module.linear.weight)
+            init.zeros_(module.linear.bias)
+        elif isinstance(module, MaskedAutoregressiveHead):
+            init.normal_(module.embed_weight, mean=0.0, std=3 ** -0.5)
+            init.zeros_(module.embed_bias)
+            init.zeros_(module.out_weight)
+            init.zeros_(module.out_bias)
+            # a non-persistent buffer: rebuilt here because checkpoints do not carry it
+            init.copy_(module.mask, module.autoregressive_mask())
+
+
+class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
+    r"""TarFlowLM: tokens → Gaussian codebook latents z → stacked transformer autoregressive flows → u ~ N(0, I),
+    with the tied Bayes decoder p(x|z) (Zhang et al., 2025).
+
+    `forward` returns the NELBO; `encode`/`decode` are the codebook's two directions; `flow` maps z ↔ u;
+    `generate` samples u ~ N(0, τ²I), inverts the flows patch by patch and decodes.
+    """
+
+    def __init__(self, config: TarFlowConfig):
+        super().__init__(config)
+        self.codebook = GaussianCodebook(config.vocab_size, config.latent_dim)
+        self.flow = FlowStack(config, codebook=self.codebook)
+        self.post_init()
+        self.generation_config = TarFlowGenerationConfig(max_new_tokens=config.max_position_embeddings)
+
+    def encode(self, input_ids: torch.LongTensor, noise: torch.Tensor | None = None) -> torch.FloatTensor:
+        """A sample z ~ q(z|x) = N(μ_x, σ_x² I): (batch, length) → (batch, length, latent_dim)."""
+        self._check_ids(input_ids)
+        return self.codebook.sample(input_ids, noise)
+
+    def decode(self, z: torch.Tensor) -> torch.FloatTensor:
+        """Logits of the tied decoder p(x_t = k | z_t) = softmax_k log N_k(z_t): (batch, length, vocab_size)."""
+        return self.codebook.log_prob(z)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        noise: torch.Tensor | None = None,
+        num_flow_layers: int | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> TarFlowOutput | tuple:
+        r"""NELBO of `input_ids` (batch, length) with one reparameterised z ~ q(z|x).
+
+        Args:
+            noise (`(batch, length, latent_dim)`, *optional*): ε for z = μ_x + σ_x ε (default: fresh N(0, I)).
+            num_flow_layers (`int`, *optional*): use only the first layers as the prior (progressive training).
+        """
+        self._check_ids(input_ids)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        z = self.codebook.sample(input_ids, noise)
+        # The tied decoder and the encoder share the component log-densities log N_k(z_t).
+        log_n = self.codebook.log_prob(z)                                     # (B, T, V)
+        log_q_token = log_n.gather(-1, input_ids.unsqueeze(-1)).squeeze(-1)   # log N_x(z)
+        log_p_x_given_z = (log_q_token - torch.logsumexp(log_n, dim=-1)).sum(-1)
+        log_q_z = log_q_token.sum(-1)
+        u, flow_log_dets, hidden_states = self.flow.forward_layers(z, num_flow_layers)
+        log_p_z = normal_log_prob(u).sum((1, 2)) + flow_log_dets.sum(-1)
+        nelbo = -(log_p_x_given_z + log_p_z - log_q_z)
+        output = TarFlowOutput(
+            loss=nelbo.sum() / input_ids.numel(), nelbo=nelbo, log_p_x_given_z=log_p_x_given_z, log_p_z=log_p_z,
+            log_q_z=log_q_z, flow_log_dets=flow_log_dets, z=z, u=u,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None)
+        return output if return_dict else output.to_tuple()
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.LongTensor | None = None,
+                 generation_config: TarFlowGenerationConfig | None = None, **kwargs) -> torch.LongTensor:
+        """Sample token ids (num_return_sequences, max_new_tokens): u ~ N(0, τ²I) → inverse flows → decode.
+
+        Accepts `max_new_tokens`, `num_return_sequences`, `temperature` (τ, the scale of the base noise) and
+        `do_sample` (categorical vs argmax final decode) as keyword overrides of `generation_config`.
+        """
+        if input_ids is not None:
+            raise ValueError("prompted generation is not supported by this sampler; pass input_ids=None")
+        config = generation_config if generation_config is not None else self.generation_config
+        config = TarFlowGenerationConfig.from_dict({**config.to_dict(), **kwargs})
+        return sample_unconditional(self, config)
+
+    def _check_ids(self, input_ids: torch.Tensor) -> None:
+        config = self.config
+        check_input_ids(input_ids, config.vocab_size, config.patch_size, config.max_position_embeddings)
+
+
+__all__ = ["TarFlowOutput", "TarFlowPreTrainedModel", "TarFlowForCausalFlowLM"]
