@@ -25,6 +25,17 @@ class TarFlowGenerationConfig(GenerationConfig):
         self.seed = kwargs.pop("seed", None)
         super().__init__(**kwargs)
 
+    def validate(self, strict=False, **kwargs):
+        # Unlike beam-less greedy decoding of an AR LM, every draw of u gives a different sequence, so several
+        # return sequences are meaningful with an argmax final decode too: skip that one check of the base class.
+        requested, self.num_return_sequences = self.num_return_sequences, None
+        try:
+            super().validate(strict, **kwargs)
+        finally:
+            self.num_return_sequences = requested
+        if self.temperature is not None and self.temperature < 0:
+            raise ValueError(f"temperature must be ≥ 0 (it scales the base noise u), got {self.temperature}")
+
 
 @torch.no_grad()
 def sample_unconditional(model, config: TarFlowGenerationConfig) -> torch.LongTensor:

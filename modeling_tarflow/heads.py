@@ -20,10 +20,12 @@ class LinearHead(nn.Module):
         super().__init__()
         self.channels = channels
         self.params_per_channel = params_per_channel
-        self.linear = nn.Linear(hidden_size, channels * params_per_channel)
+        # Own parameters rather than a child nn.Linear: the zero init lives with them in `_init_weights`.
+        self.weight = nn.Parameter(torch.empty(channels * params_per_channel, hidden_size))
+        self.bias = nn.Parameter(torch.empty(channels * params_per_channel))
 
     def forward(self, features: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
-        return self.linear(features).unflatten(-1, (self.channels, self.params_per_channel))
+        return F.linear(features, self.weight, self.bias).unflatten(-1, (self.channels, self.params_per_channel))
 
 
 class MaskedAutoregressiveHead(nn.Module):

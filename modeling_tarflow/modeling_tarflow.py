@@ -74,8 +74,8 @@ class TarFlowPreTrainedModel(PreTrainedModel):
                 init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
                 init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
         elif isinstance(module, LinearHead):
-            init.zeros_(module.linear.weight)
-            init.zeros_(module.linear.bias)
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
         elif isinstance(module, MaskedAutoregressiveHead):
             init.normal_(module.embed_weight, mean=0.0, std=3 ** -0.5)
             init.zeros_(module.embed_bias)
