@@ -100,20 +100,22 @@ class FlowStack(nn.Module):
         u, layer_log_dets, _ = self.forward_layers(z)
         return u, layer_log_dets.sum(-1)
 
-    def forward_layers(self, z: torch.Tensor, num_layers: int | None = None
+    def forward_layers(self, z: torch.Tensor, num_layers: int | None = None, num_frozen: int = 0
                        ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """(u, per-layer log-determinants (B, L), hidden states [h^(0) .. h^(L)] each (B, T, d)).
 
-        `num_layers` runs only the first layers (progressive training: the layers of later stages are absent).
+        Progressive training (§5): `num_layers` runs only the first layers (later stages' layers are absent), and
+        the first `num_frozen` layers run under `no_grad` (their outputs are fixed inputs of the trained layers).
         """
         self._check_latents(z, "z")
         h = self._patchify(z)
         hidden_states, log_dets = [z], []
         layers = self.layers[:num_layers] if num_layers is not None else self.layers
         for index, layer in enumerate(layers):
-            if index > 0 and self.channel_mix is not None:
-                h = self.channel_mix(h)
-            h, log_det = layer(h)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and index >= num_frozen):
+                if index > 0 and self.channel_mix is not None:
+                    h = self.channel_mix(h)
+                h, log_det = layer(h)
             log_dets.append(log_det)
             hidden_states.append(self._unpatchify(h))
         return hidden_states[-1], torch.stack(log_dets, dim=-1), hidden_states

@@ -114,6 +114,7 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor,
         noise: torch.Tensor | None = None,
         num_flow_layers: int | None = None,
+        num_frozen_flow_layers: int = 0,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -123,16 +124,14 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
         Args:
             noise (`(batch, length, latent_dim)`, *optional*): ε for z = μ_x + σ_x ε (default: fresh N(0, I)).
             num_flow_layers (`int`, *optional*): use only the first layers as the prior (progressive training).
+            num_frozen_flow_layers (`int`): run the codebook and the first layers under `no_grad` (a later
+                progressive stage; 0 trains everything).
         """
         self._check_ids(input_ids)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        z = self.codebook.sample(input_ids, noise)
-        # The tied decoder and the encoder share the component log-densities log N_k(z_t).
-        log_n = self.codebook.log_prob(z)                                     # (B, T, V)
-        log_q_token = log_n.gather(-1, input_ids.unsqueeze(-1)).squeeze(-1)   # log N_x(z)
-        log_p_x_given_z = (log_q_token - torch.logsumexp(log_n, dim=-1)).sum(-1)
-        log_q_z = log_q_token.sum(-1)
-        u, flow_log_dets, hidden_states = self.flow.forward_layers(z, num_flow_layers)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and num_frozen_flow_layers == 0):
+            z, log_p_x_given_z, log_q_z = self._encode_and_decode(input_ids, noise)
+        u, flow_log_dets, hidden_states = self.flow.forward_layers(z, num_flow_layers, num_frozen_flow_layers)
         log_p_z = normal_log_prob(u).sum((1, 2)) + flow_log_dets.sum(-1)
         nelbo = -(log_p_x_given_z + log_p_z - log_q_z)
         output = TarFlowOutput(
@@ -140,6 +139,16 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
             log_q_z=log_q_z, flow_log_dets=flow_log_dets, z=z, u=u,
             hidden_states=tuple(hidden_states) if output_hidden_states else None)
         return output if return_dict else output.to_tuple()
+
+    def _encode_and_decode(self, input_ids: torch.Tensor, noise: torch.Tensor | None):
+        """z ~ q(z|x), log p(x|z) and log q(z|x) per sequence, in at least float32 (outside autocast)."""
+        with torch.autocast(input_ids.device.type, enabled=False):
+            z = self.codebook.sample(input_ids, noise)
+            # The tied decoder and the encoder share the component log-densities log N_k(z_t).
+            log_n = self.codebook.log_prob(z)                                     # (B, T, V)
+            log_q_token = log_n.gather(-1, input_ids.unsqueeze(-1)).squeeze(-1)   # log N_x(z)
+            log_p_x_given_z = (log_q_token - torch.logsumexp(log_n, dim=-1)).sum(-1)
+        return z, log_p_x_given_z, log_q_token.sum(-1)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.LongTensor | None = None,

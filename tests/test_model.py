@@ -123,3 +123,20 @@ def test_trust_remote_code_load_in_fresh_process_without_the_package(model, tmp_
     remote = torch.load(tmp_path / "out.pt")
     assert torch.equal(remote["loss"], model(ids, noise=noise).loss)
     assert torch.equal(remote["sample"], model.generate(max_new_tokens=8, seed=3))
+
+
+def test_frozen_layers_get_no_gradient_and_do_not_change_the_nelbo(model):
+    ids, noise = torch.randint(0, 11, (2, 16)), torch.randn(2, 16, 3)
+    model.train()
+    frozen = model(ids, noise=noise, num_frozen_flow_layers=2)
+    full = model(ids, noise=noise)
+    assert torch.allclose(frozen.nelbo, full.nelbo)
+    frozen.loss.backward()
+    assert model.codebook.mu.grad is None
+    assert all(p.grad is None for p in model.flow.layers[:2].parameters())
+    assert all(p.grad is not None for p in model.flow.layers[2].parameters())
+
+
+def test_prefix_of_the_stack_is_a_smaller_model(model):
+    out = model(torch.randint(0, 11, (2, 16)), num_flow_layers=1)
+    assert out.flow_log_dets.shape == (2, 1)
