@@ -1,0 +1,67 @@
+"""What every benchmark JSON records about where it ran, and the helpers they share to time and write results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def describe_environment() -> dict:
+    """Machine, library versions and git commit, so a figure can be traced to what produced it."""
+    import transformers
+
+    info = {
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "git_commit": _git_commit(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    return info
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=10)
+        return out.stdout.strip() or None
+    except OSError:
+        return None
+
+
+def median_seconds(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+    """Median wall time of `fn()` over `repeats` runs after `warmup` runs (the median resists other load)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def write_result(name: str, payload: dict) -> Path:
+    """Write `payload` (plus the environment) to bench/results/<name>.json and return the path."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps({"environment": describe_environment(), **payload}, indent=2) + "\n")
+    return path
