@@ -170,13 +170,13 @@ def summary(record: dict) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    torch.manual_seed(args.seed)
     loaded = load_evaluated_model(args.model, args.device, DTYPES[args.dtype])
     config = resolve_config(args, loaded)
     config["output"] = config["output"] or default_output_path("generative", loaded.label)
     print_config("generative", config)
     reference = load_reference_lm(config["reference_model"], args.device, DTYPES[args.dtype]) \
         if "gen_ppl" in config["metrics"] else None
+    torch.manual_seed(args.seed)  # after loading, so that the samples depend on the seed alone
     ids = draw_samples(loaded, args.num_samples, config["sample_length"], args.batch_size, args.temperature,
                        args.top_p, args.device)
     record = {**run_header("generative", argv, config), "model": loaded.describe(),

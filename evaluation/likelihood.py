@@ -157,13 +157,13 @@ def protocol_notes(loaded: LoadedModel, config: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    torch.manual_seed(args.seed)
     loaded = load_evaluated_model(args.model, args.device, DTYPES[args.dtype])
     config = resolve_config(args, loaded)
     config["output"] = config["output"] or default_output_path("likelihood", loaded.label, args.data,
                                                                config["split"])
     print_config("likelihood", config)
     blocks = load_blocks(args.data, config["split"], loaded.tokenizer, config["block_size"], args.max_blocks)
+    torch.manual_seed(args.seed)  # after loading, so that the z draws depend on the seed alone
     per_block = score_blocks(loaded, blocks, args.batch_size, config["num_z_samples"] or 1,
                              config["start_token_id"], args.device)
     scored = scored_tokens_per_block(blocks.block_size, loaded.is_latent, config["start_token_id"])

@@ -1,0 +1,93 @@
+"""Training curves from a run's logs, as ``{metric: [(step, value), ...]}`` sorted by step.
+
+Accepted sources:
+
+- ``training_log.jsonl`` (written by the training script): one JSON object per line with ``step`` and numeric
+  metrics (``loss``, ``bpc``, ``tokens_per_second``; ``eval_bpc`` on evaluation steps only);
+- a CSV file with a ``step`` column and one column per metric (empty cells are skipped);
+- TensorBoard event files (a folder holding ``events.out.tfevents.*``, or one such file); scalar tags keep their
+  names (``train/loss``), and a metric name also matches a tag ending in ``/<name>``;
+- a run folder: its ``training_log.jsonl`` if present, else its event files.
+"""
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+TRAINING_LOG_NAME = "training_log.jsonl"
+EVENT_FILE_GLOB = "events.out.tfevents.*"
+
+Curves = dict[str, list[tuple[int, float]]]
+
+
+def add_row(curves: defaultdict, row: dict) -> None:
+    """Add the numeric fields of one logged row (its ``step`` is the x value)."""
+    step = int(float(row["step"]))
+    for name, value in row.items():
+        if name == "step" or value in (None, ""):
+            continue
+        try:
+            curves[name].append((step, float(value)))
+        except (TypeError, ValueError):  # text fields (a run name, a phase) are not curves
+            continue
+
+
+def sorted_curves(curves: defaultdict) -> Curves:
+    return {name: sorted(points) for name, points in curves.items()}
+
+
+def read_jsonl_log(path: Path) -> Curves:
+    curves = defaultdict(list)
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                add_row(curves, json.loads(line))
+    return sorted_curves(curves)
+
+
+def read_csv_log(path: Path) -> Curves:
+    curves = defaultdict(list)
+    with open(path, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            add_row(curves, row)
+    return sorted_curves(curves)
+
+
+def read_tensorboard_log(path: Path) -> Curves:
+    """Scalars of TensorBoard event files (needs the ``tensorboard`` package)."""
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError as error:
+        raise ImportError(f"reading TensorBoard logs ({path}) needs `pip install tensorboard`") from error
+    files = sorted(path.glob(EVENT_FILE_GLOB)) if path.is_dir() else [path]
+    curves = defaultdict(list)
+    for file in files:
+        events = EventAccumulator(str(file), size_guidance={"scalars": 0})  # 0 = keep every point
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            curves[tag].extend((event.step, event.value) for event in events.Scalars(tag))
+    return sorted_curves(curves)
+
+
+def read_training_log(path) -> Curves:
+    """Curves of one run from any accepted source (see the module docstring)."""
+    path = Path(path)
+    if path.is_dir() and (path / TRAINING_LOG_NAME).is_file():
+        return read_jsonl_log(path / TRAINING_LOG_NAME)
+    if (path.is_dir() and any(path.glob(EVENT_FILE_GLOB))) or path.name.startswith("events.out.tfevents"):
+        return read_tensorboard_log(path)
+    if path.suffix == ".jsonl":
+        return read_jsonl_log(path)
+    if path.suffix == ".csv":
+        return read_csv_log(path)
+    raise ValueError(f"no training log found at {path}: expected {TRAINING_LOG_NAME}, a .jsonl or .csv file, or "
+                     "TensorBoard event files")
+
+
+def find_curve(curves: Curves, metric: str) -> list[tuple[int, float]] | None:
+    """The curve named ``metric``, or a TensorBoard tag ending in ``/metric``."""
+    if metric in curves:
+        return curves[metric]
+    matches = [points for tag, points in curves.items() if tag.endswith("/" + metric)]
+    return matches[0] if matches else None
