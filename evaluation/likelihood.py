@@ -183,8 +183,9 @@ def summary_line(record: dict) -> str:
     bounds = ", ".join(f"{name} {b['bits_per_token']:.4f} bits/token (PPL {b['perplexity']:.2f})"
                        for name, b in record["bounds"].items())
     data = record["data"]
+    value = f"{top['value']:.4f}" if top["metric"] == "bpc" else f"{top['value']:.2f}"
     return (f"{record['model']['label']} on {data['source']} {data['split']}: {top['metric'].upper()} "
-            f"{'≤ ' if top['is_upper_bound'] else '= '}{top['value']:.4f} [{bounds}] over "
+            f"{'≤ ' if top['is_upper_bound'] else '= '}{value} [{bounds}] over "
             f"{record['counts']['scored_tokens']} tokens -> {record['config']['output']}")
 
 
