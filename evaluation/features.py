@@ -36,15 +36,14 @@ def drop_empty(texts: list[str]) -> tuple[list[str], int]:
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
-    """(B, L, d) hidden states → (B, d) features: the last real token, or the masked, L2-normalised mean."""
+    """(B, L, d) hidden states → (B, d) features: the last real token (``last_token``), or the masked,
+    L2-normalised mean (``mean_pooled``)."""
     if kind == "last_token":
         last = mask.sum(dim=1) - 1
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    if kind == "mean_pooled":
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        mean = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
-        return torch.nn.functional.normalize(mean, dim=-1)
-    raise ValueError(f"unknown feature kind {kind!r}; expected one of {FEATURE_KINDS}")
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    mean = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+    return torch.nn.functional.normalize(mean, dim=-1)
 
 
 @torch.no_grad()
@@ -54,8 +53,9 @@ def text_features(texts: list[str], model, tokenizer, kind: str, max_length: int
 
     Texts are processed longest first so that a batch pads little; the rows come back in the input order.
     """
-    max_length = max_length or DEFAULT_MAX_LENGTH[kind]
-    sequences = encode_texts(tokenizer, texts, max_length)
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"unknown feature kind {kind!r}; expected one of {FEATURE_KINDS}")
+    sequences = encode_texts(tokenizer, texts, max_length or DEFAULT_MAX_LENGTH[kind])
     if any(len(s) == 0 for s in sequences):
         raise ValueError("a text has no tokens; remove empty texts with drop_empty() first")
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))

@@ -105,8 +105,7 @@ def entropy_section(ids: torch.Tensor) -> dict:
     return {"mean": statistics.fmean(entropies), "unit": "nats", "per_sample": entropies}
 
 
-def featurize(texts: list[str], featurizer: LoadedModel, config: dict):
-    kind = config["feature_kind"]
+def featurize(texts: list[str], featurizer: LoadedModel, kind: str, config: dict):
     kept, dropped = drop_empty(texts)
     features = text_features(kept, featurizer.model, featurizer.tokenizer, kind, config["feature_max_length"],
                              config["batch_size"], config["device"])
@@ -115,23 +114,20 @@ def featurize(texts: list[str], featurizer: LoadedModel, config: dict):
 
 def mauve_section(sample_texts: list[str], reference_texts: list[str], featurizer: LoadedModel, config: dict) -> dict:
     """MAUVE of the samples (q) against the references (p), ReMDM's order of arguments."""
-    p_features, p_dropped = featurize(reference_texts, featurizer, config)
-    q_features, q_dropped = featurize(sample_texts, featurizer, config)
+    kind = config["feature_kind"] if config["feature_kind"] != "auto" else default_feature_kind(featurizer.path)
+    p_features, p_dropped = featurize(reference_texts, featurizer, kind, config)
+    q_features, q_dropped = featurize(sample_texts, featurizer, kind, config)
     result = mauve_from_features(p_features, q_features, num_buckets=config["mauve_num_buckets"])
-    return {**result, "featurizer": featurizer.label, "feature_kind": config["feature_kind"],
+    return {**result, "featurizer": featurizer.label, "feature_kind": kind,
             "empty_texts_dropped": {"references": p_dropped, "samples": q_dropped}}
 
 
 def load_featurizer(config: dict, reference: LoadedModel | None) -> LoadedModel:
     """The MAUVE featurizer; the reference LM's own base model is reused when both are the same model."""
     if reference is not None and config["featurizer"] == config["reference_model"]:
-        featurizer = LoadedModel(reference.model.base_model, reference.tokenizer, reference.source, reference.path,
-                                 reference.label)
-    else:
-        featurizer = load_encoder(config["featurizer"], config["device"], DTYPES[config["dtype"]])
-    if config["feature_kind"] == "auto":
-        config["feature_kind"] = default_feature_kind(featurizer.path)
-    return featurizer
+        return LoadedModel(reference.model.base_model, reference.tokenizer, reference.source, reference.path,
+                           reference.label)
+    return load_encoder(config["featurizer"], config["device"], DTYPES[config["dtype"]])
 
 
 def protocol_notes(config: dict, loaded: LoadedModel, references: dict | None) -> list[str]:

@@ -49,10 +49,9 @@ def scored_tokens_per_block(block_size: int, latent: bool, start_token_id: int |
 
 
 def score_blocks(loaded: LoadedModel, blocks: Blocks, batch_size: int, num_z_samples: int,
-                 start_token_id: int | None, device) -> torch.Tensor:
+                 start_token_id: int | None, scored_tokens: int, device) -> torch.Tensor:
     """Per-block NELBO samples (N, S) for a latent model, or the exact NLL as (N, 1) for a causal LM."""
-    scored = scored_tokens_per_block(blocks.block_size, loaded.is_latent, start_token_id)
-    per_block, running_nats, running_tokens = [], 0.0, 0
+    per_block, running_nats = [], 0.0
     num_batches = -(-len(blocks) // batch_size)
     progress = tqdm(blocks.batches(batch_size), desc="scoring blocks", unit="batch", total=num_batches)
     for batch in progress:
@@ -62,7 +61,8 @@ def score_blocks(loaded: LoadedModel, blocks: Blocks, batch_size: int, num_z_sam
         else:
             scores = autoregressive_nll(loaded.model, batch, start_token_id).cpu()[:, None]
         per_block.append(scores)
-        running_nats, running_tokens = running_nats + scores.mean(dim=1).sum().item(), running_tokens + len(batch) * scored
+        running_nats += scores.mean(dim=1).sum().item()
+        running_tokens = sum(len(s) for s in per_block) * scored_tokens
         progress.set_postfix(bits_per_token=f"{running_nats / running_tokens / math.log(2):.4f}")
     return torch.cat(per_block)
 
@@ -163,10 +163,10 @@ def main(argv: list[str] | None = None) -> dict:
                                                                config["split"])
     print_config("likelihood", config)
     blocks = load_blocks(args.data, config["split"], loaded.tokenizer, config["block_size"], args.max_blocks)
+    scored = scored_tokens_per_block(blocks.block_size, loaded.is_latent, config["start_token_id"])
     torch.manual_seed(args.seed)  # after loading, so that the z draws depend on the seed alone
     per_block = score_blocks(loaded, blocks, args.batch_size, config["num_z_samples"] or 1,
-                             config["start_token_id"], args.device)
-    scored = scored_tokens_per_block(blocks.block_size, loaded.is_latent, config["start_token_id"])
+                             config["start_token_id"], scored, args.device)
     bounds = corpus_bounds(per_block, loaded.is_latent, config["iw_k"], scored)
     record = {**run_header("likelihood", argv, config), "model": loaded.describe(),
               "data": {"source": args.data, "split": config["split"]},

@@ -5,6 +5,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +25,15 @@ def package_versions(names=RECORDED_PACKAGES) -> dict:
     return versions
 
 
+def code_version() -> str | None:
+    """``git describe`` of the checkout this package runs from (``-dirty`` with uncommitted changes), if any."""
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, timeout=10, check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def environment() -> dict:
     """Where and with what a result was computed: enough to tell two runs apart when their numbers differ."""
     return {
@@ -34,6 +44,7 @@ def environment() -> dict:
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "hf_hub_offline": os.environ.get("HF_HUB_OFFLINE"),
         "versions": package_versions(),
+        "code_version": code_version(),
     }
 
 
