@@ -70,3 +70,20 @@ def test_mauve_of_real_text_with_minilm_features():
                                 for texts in corpus_texts())
     assert mauve_from_features(half_a, half_b)["mauve"] > 0.9
     assert mauve_from_features(half_a, shuffled)["mauve"] < 0.3
+
+
+def test_last_token_features_equal_mauve_texts_own_featurization(tmp_path):
+    from mauve.compute_mauve import get_features_from_input
+
+    from evaluation.loading import load_encoder
+    from fixtures_eval import char_tokenizer, save_causal_lm, tiny_gpt2
+
+    # mauve-text featurises only models whose name contains "gpt2" or "bert": name the folder accordingly
+    folder = save_causal_lm(tiny_gpt2(vocab_size=28, bos_token_id=27), char_tokenizer(with_eos=True),
+                            tmp_path / "tiny-gpt2")
+    texts = ["in the beginning god created", "and the earth was without form", "a b c", "void and darkness"]
+    theirs = get_features_from_input(None, None, texts, folder, 1024, -1, name="p", verbose=False, batch_size=1,
+                                     use_float64=False)
+    encoder = load_encoder(folder)
+    ours = text_features(texts, encoder.model, encoder.tokenizer, "last_token", batch_size=3)
+    np.testing.assert_allclose(ours, np.asarray(theirs), atol=1e-5)
