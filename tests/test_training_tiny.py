@@ -1,0 +1,210 @@
+"""Training runs in this process on tiny models: progressive stages, NaN handling, the exported folder, the card.
+
+Also the tiny-run helpers the other training tests import (`tiny_args`, `run_in_process`).
+"""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+TINY_MODEL = {
+    "hidden_size": 32, "num_attention_heads": 2, "maf_hidden_size": 16, "latent_dim": 3,
+    "flow_layers": [{"coupling": "mixture_rosenblatt", "num_layers": 1},
+                    {"coupling": "mixture_cdf", "num_mixtures": 2, "num_layers": 1},
+                    {"coupling": "mixture_cdf", "num_mixtures": 2, "num_layers": 1}],
+}
+
+
+def tiny_args(output_dir, *extra: str, max_steps: int = 6, stages: tuple[int, ...] = (3,)) -> list[str]:
+    """Flags of a run of a few seconds: the quickstart preset shrunk to width 32, blocks of 16 characters."""
+    return ["--config", "quickstart", "--model_config", json.dumps(TINY_MODEL), "--output_dir", str(output_dir),
+            "--block_size", "16", "--max_train_blocks", "512", "--max_eval_blocks", "8",
+            "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--max_steps", str(max_steps),
+            "--stage_flow_layers", *map(str, stages), "--stage_fractions", *["1"] * len(stages),
+            "--learning_rate", "3e-3", "--warmup_steps", "1", "--logging_steps", "1", "--eval_steps", "1000",
+            "--save_steps", "0", "--num_samples", "1", "--sample_length", "8", "--report_to", "none", *extra]
+
+
+def run_in_process(argv: list[str]) -> dict:
+    """`training.run.main`, then Accelerate's process-wide state reset so the next run starts clean."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from training.run import main
+
+    try:
+        return main(argv)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def checkpoint_tensors(output_dir, step: int) -> tuple[dict, dict]:
+    """(trained weights, EMA weights) stored in ``checkpoint-<step>``."""
+    folder = output_dir / "checkpoints" / f"checkpoint-{step}"
+    ema = torch.load(folder / "custom_checkpoint_1.pkl", weights_only=True)
+    return load_file(folder / "model.safetensors"), {k.removeprefix("module."): v for k, v in ema.items()}
+
+
+def subset(tensors: dict, prefix: str) -> dict:
+    return {name: tensor for name, tensor in tensors.items() if name.startswith(prefix)}
+
+
+def assert_same(left: dict, right: dict) -> None:
+    assert left.keys() == right.keys() and left
+    for name in left:
+        assert torch.equal(left[name], right[name]), name
+
+
+@pytest.fixture(scope="module")
+def progressive_run(tmp_path_factory):
+    """Three stages of 3 steps (flow layers 1, 2, 3), a checkpoint after every step."""
+    output_dir = tmp_path_factory.mktemp("progressive")
+    results = run_in_process(tiny_args(output_dir, "--save_steps", "1", "--save_total_limit", "20",
+                                       max_steps=9, stages=(1, 2, 3)))
+    return output_dir, results
+
+
+def test_new_stage_starts_where_the_previous_one_ended(progressive_run):
+    from training.tracking import read_metrics
+
+    output_dir, _ = progressive_run
+    metrics = read_metrics(output_dir)
+    boundaries = {step: values for step, values in metrics.items() if "stage/loss_before" in values}
+    assert sorted(boundaries) == [3, 6]
+    for values in boundaries.values():  # the added layer is the identity: same NELBO, same noise
+        assert values["stage/loss_after"] == pytest.approx(values["stage/loss_before"], rel=1e-6, abs=1e-6)
+
+
+def test_layers_not_yet_added_do_not_move(progressive_run):
+    output_dir, _ = progressive_run
+    first_step, stage_one_end = checkpoint_tensors(output_dir, 1)[0], checkpoint_tensors(output_dir, 3)[0]
+    for layer in (1, 2):
+        assert_same(subset(first_step, f"flow.layers.{layer}."), subset(stage_one_end, f"flow.layers.{layer}."))
+    stage_two_end = checkpoint_tensors(output_dir, 6)[0]
+    assert_same(subset(first_step, "flow.layers.2."), subset(stage_two_end, "flow.layers.2."))
+
+
+def test_frozen_layers_keep_their_averaged_weights_in_later_stages(progressive_run):
+    output_dir, _ = progressive_run
+    _, ema_stage_one = checkpoint_tensors(output_dir, 3)
+    _, ema_stage_two = checkpoint_tensors(output_dir, 6)
+    final, final_ema = checkpoint_tensors(output_dir, 9)
+    for prefix in ("codebook.", "flow.layers.0."):  # frozen from step 3 on, at their EMA values of step 3
+        assert_same(subset(final, prefix), subset(ema_stage_one, prefix))
+        assert_same(subset(final_ema, prefix), subset(ema_stage_one, prefix))
+    assert_same(subset(final, "flow.layers.1."), subset(ema_stage_two, "flow.layers.1."))
+    trained_stage_two, _ = checkpoint_tensors(output_dir, 6)
+    added_last = subset(final, "flow.layers.2."), subset(trained_stage_two, "flow.layers.2.")
+    assert any(not torch.equal(added_last[0][name], added_last[1][name]) for name in added_last[0])
+
+
+def test_exported_folder_loads_with_auto_classes(progressive_run):
+    from transformers import AutoModel, AutoTokenizer
+
+    output_dir, results = progressive_run
+    model = AutoModel.from_pretrained(output_dir, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    assert type(model).__name__ == "TarFlowForCausalFlowLM" and len(tokenizer) == 27
+    ids = tokenizer("the cat sat on a mat", return_tensors="pt")["input_ids"][:, :16]
+    assert torch.isfinite(model(ids).loss)
+    assert results["steps"] == 9 and math.isfinite(results["validation"]["bpc"])
+    assert json.loads((output_dir / "results.json").read_text())["validation"] == results["validation"]
+
+
+def test_model_card_states_data_steps_and_metrics(progressive_run):
+    from huggingface_hub import ModelCard
+
+    output_dir, results = progressive_run
+    card = ModelCard.load(output_dir / "README.md")
+    assert card.data.model_name == "quickstart-tarflow"
+    assert card.data.eval_results[0].metric_type == "bpc"
+    assert card.data.eval_results[0].metric_value == round(results["validation"]["bpc"], 4)
+    for fact in ("for 9 optimizer steps", "tiny-literary", "unigram entropy", "stage 3: steps 6-8"):
+        assert fact in card.text
+
+
+def test_push_to_hub_uploads_the_model_folder_without_run_state(progressive_run):
+    from huggingface_hub.utils import filter_repo_objects
+
+    from training.export import push_model_folder
+
+    class RecordingHubApi:  # stands in for HfApi: records what would be sent, touches no network
+        def __init__(self):
+            self.calls = []
+
+        def create_repo(self, repo_id, **kwargs):
+            self.calls.append(("create_repo", repo_id, kwargs))
+
+        def upload_folder(self, **kwargs):
+            self.calls.append(("upload_folder", kwargs["repo_id"], kwargs))
+            return "https://huggingface.co/user/tiny/commit/0"
+
+    output_dir, _ = progressive_run
+    api = RecordingHubApi()
+    assert push_model_folder(output_dir, "user/tiny", api=api).endswith("/commit/0")
+    (_, repo, _), (_, uploaded_repo, upload) = api.calls
+    assert repo == uploaded_repo == "user/tiny" and upload["folder_path"] == str(output_dir)
+    files = [str(path.relative_to(output_dir)) for path in output_dir.rglob("*") if path.is_file()]
+    sent = set(filter_repo_objects(files, allow_patterns=upload.get("allow_patterns"),
+                                   ignore_patterns=upload["ignore_patterns"]))
+    assert {"config.json", "model.safetensors", "modeling_tarflow.py", "tokenizer.json", "README.md",
+            "results.json"} <= sent
+    assert not any(name.startswith(("checkpoints/", "logs/")) for name in sent)
+
+
+@pytest.fixture
+def nan_losses(monkeypatch):
+    """Make the training loss NaN at the chosen optimizer steps (0-based; validation is unaffected)."""
+    from training.models import TarFlowRecipe
+
+    bad_steps, calls, original = set(), [0], TarFlowRecipe.block_nll
+
+    def block_nll(self, model, input_ids, stage):
+        nll = original(self, model, input_ids, stage)
+        if torch.is_grad_enabled():
+            calls[0] += 1
+            if calls[0] - 1 in bad_steps:
+                return nll * float("nan")
+        return nll
+
+    monkeypatch.setattr(TarFlowRecipe, "block_nll", block_nll)
+    return bad_steps
+
+
+def test_a_nan_step_is_skipped_and_reported(tmp_path, nan_losses, capsys):
+    from training.tracking import read_metrics
+
+    nan_losses.update({2, 3})
+    results = run_in_process(tiny_args(tmp_path, max_steps=6))
+    assert results["skipped_steps"] == 2 and results["steps"] == 6
+    assert "step 2: non-finite loss nan" in capsys.readouterr().out
+    assert read_metrics(tmp_path)[6]["train/skipped_steps"] == 2
+    assert math.isfinite(results["validation"]["loss"])
+
+
+def test_persistent_nans_stop_training_and_leave_finite_checkpoints(tmp_path, nan_losses):
+    from training.checkpointing import complete_checkpoints
+    from training.guards import NonFiniteTrainingError
+
+    nan_losses.update(range(2, 100))
+    with pytest.raises(NonFiniteTrainingError, match="NaN/inf for 3 consecutive steps"):
+        run_in_process(tiny_args(tmp_path, "--max_nonfinite_steps", "3", "--save_steps", "1",
+                                 "--save_total_limit", "10", max_steps=8))
+    checkpoints = complete_checkpoints(tmp_path)
+    assert [path.name for path in checkpoints] == ["checkpoint-1", "checkpoint-2", "checkpoint-3", "checkpoint-4"]
+    for path in checkpoints:
+        assert all(torch.isfinite(t).all() for t in load_file(path / "model.safetensors").values())
+
+
+def test_non_finite_weights_are_never_written():
+    from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM
+    from training.guards import NonFiniteTrainingError, check_finite_parameters
+
+    model = TarFlowForCausalFlowLM(TarFlowConfig(**TINY_MODEL, max_position_embeddings=16))
+    with torch.no_grad():
+        model.codebook.mu[0, 0] = float("inf")
+    with pytest.raises(NonFiniteTrainingError, match="codebook.mu"):
+        check_finite_parameters(model, "checkpoint at step 7")

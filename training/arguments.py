@@ -1,0 +1,151 @@
+"""The training settings: one dataclass whose fields are the command-line flags, presets, and their resolution.
+
+Precedence, lowest first: the dataclass defaults, a ``--config`` preset (YAML or JSON, flat keys named like the
+flags, see ``training/configs/``), then the flags given on the command line. ``--model_config`` is the one nested
+setting (the ``TarFlowConfig`` keyword arguments); a JSON value given on the command line is merged key by key over
+the preset's, so ``--model_config '{"hidden_size": 64}'`` changes only the width.
+Flags shared with ``transformers.TrainingArguments`` keep its names (``--output_dir``, ``--max_steps``, ...).
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser
+
+from training.data import DataConfig
+
+MODEL_KINDS = ("tarflow", "gpt2")
+SCHEDULER_TYPES = ("cosine", "linear", "constant_with_warmup")
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass
+class TrainingSettings:
+    """How to train (the model's hyper-parameters are ``model_config``; the data's are `DataConfig`)."""
+
+    config: str | None = field(default=None, metadata={
+        "help": "preset file (.yaml/.json) or the name of one in training/configs/, e.g. 'quickstart'"})
+    model: str = field(default="tarflow", metadata={
+        "help": "'tarflow' (TarFlowLM) or 'gpt2' (a GPT2LMHeadModel baseline of the same depth and width)",
+        "choices": MODEL_KINDS})
+    model_config: dict | str | None = field(default=None, metadata={
+        "help": "TarFlowConfig keyword arguments (JSON on the command line, merged over the preset's); "
+                "max_position_embeddings defaults to --block_size"})
+    output_dir: str | None = field(default=None, metadata={
+        "help": "where checkpoints, logs and the final model folder go (default: outputs/<preset>-<model>)"})
+    seed: int = field(default=42, metadata={"help": "seeds the model init, data order and latent noise"})
+    max_steps: int = field(default=1000, metadata={"help": "optimizer steps in all (all stages together)"})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "blocks per process per micro-batch"})
+    per_device_eval_batch_size: int = field(default=16, metadata={"help": "blocks per process in evaluation"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    learning_rate: float = field(default=3e-4, metadata={"help": "peak AdamW learning rate"})
+    lr_scheduler_type: str = field(default="cosine", metadata={
+        "help": "decay after warmup, restarted at each progressive stage", "choices": SCHEDULER_TYPES})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warmup steps at the start of every stage"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay (matrices only)"})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 disables)"})
+    ema_decay: float = field(default=0.9999, metadata={
+        "help": "EMA decay of the exported weights, warmed up as min(decay, (1 + n) / (10 + n)); 0 = no averaging"})
+    stage_flow_layers: list[int] | None = field(default=None, metadata={
+        "help": "progressive training: flow layers in use at each stage, e.g. '1 2 3' (stage s trains layers "
+                "n_{s-1}+1..n_s, the earlier ones frozen); one stage with all layers (the default) is joint training"})
+    stage_fractions: list[float] | None = field(default=None, metadata={
+        "help": "share of --max_steps for each stage (default: equal shares)"})
+    logging_steps: int = field(default=10, metadata={"help": "log the training loss every N steps"})
+    eval_steps: int = field(default=500, metadata={"help": "validate the EMA weights every N steps (and at the end)"})
+    save_steps: int = field(default=500, metadata={"help": "write a resumable checkpoint every N steps (0: never)"})
+    save_total_limit: int = field(default=2, metadata={"help": "keep only the newest N checkpoints"})
+    resume_from_checkpoint: str | None = field(default=None, metadata={
+        "help": "'latest' (the newest complete checkpoint in --output_dir, if any) or a checkpoint folder"})
+    max_nonfinite_steps: int = field(default=10, metadata={
+        "help": "stop when this many consecutive steps had a NaN/inf loss or gradient (each one is skipped)"})
+    bf16: bool = field(default=False, metadata={"help": "bf16 autocast (GPU); the mixture math stays float32"})
+    torch_compile: bool = field(default=False, metadata={"help": "torch.compile the training model"})
+    report_to: str = field(default="tensorboard", metadata={
+        "help": "'tensorboard' (when installed) or 'none'; metrics.jsonl in --output_dir is always written"})
+    num_samples: int = field(default=2, metadata={"help": "samples printed after training (0: none)"})
+    sample_length: int | None = field(default=None, metadata={"help": "tokens per sample (default: the block)"})
+    push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id to upload the final model to"})
+
+    def __post_init__(self):
+        self.model_config = parse_json_setting(self.model_config, "model_config")
+        positive = ("max_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
+                    "gradient_accumulation_steps", "logging_steps", "eval_steps", "save_total_limit",
+                    "max_nonfinite_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.model not in MODEL_KINDS:
+            raise ValueError(f"--model must be one of {MODEL_KINDS}, got {self.model!r}")
+
+    @property
+    def preset_name(self) -> str:
+        return Path(self.config).stem if self.config else "custom"
+
+
+def parse_json_setting(value, name: str) -> dict:
+    """A dict setting given as a mapping (preset) or a JSON string (command line)."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--{name} must be a JSON object, got {value!r}: {error}") from error
+    if not isinstance(value, dict):
+        raise ValueError(f"--{name} must be a mapping, got {value!r}")
+    return value
+
+
+def find_preset(name: str) -> Path:
+    """A preset file by path, or by name in ``training/configs/`` (``quickstart`` → ``quickstart.yaml``)."""
+    candidates = [Path(name), CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml", CONFIG_DIR / f"{name}.json"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    available = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise FileNotFoundError(f"no preset {name!r}: not a file, and not one of training/configs/ ({available})")
+
+
+def load_preset(name: str) -> dict:
+    """The flat ``{flag: value}`` mapping of a YAML or JSON preset; unknown keys are an error."""
+    path = find_preset(name)
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a preset is a mapping of flag names to values")
+    known = {f.name for cls in (TrainingSettings, DataConfig) for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown setting(s) {unknown}; presets use the command-line flag names")
+    return values
+
+
+def parse_settings(argv: list[str] | None = None) -> tuple[TrainingSettings, DataConfig]:
+    """Flags → (training settings, data config), with a ``--config`` preset underneath the flags."""
+    parser = HfArgumentParser((TrainingSettings, DataConfig))
+    preset_name = parser.parse_known_args(argv)[0].config
+    preset = load_preset(preset_name) if preset_name else {}
+    parser.set_defaults(**preset)
+    settings, data_config = parser.parse_args_into_dataclasses(argv)
+    if isinstance(preset.get("model_config"), dict):  # a command-line model_config refines the preset's
+        settings.model_config = {**preset["model_config"], **settings.model_config}
+    if settings.output_dir is None:
+        settings.output_dir = str(Path("outputs") / f"{settings.preset_name}-{settings.model}")
+    return settings, data_config
+
+
+def resolved_settings(settings: TrainingSettings, data_config: DataConfig) -> dict:
+    """Every setting with its final value, flat, as a preset would spell it (reusable as ``--config``)."""
+    return {**dataclasses.asdict(settings), **dataclasses.asdict(data_config)}
+
+
+def format_settings(values: dict) -> str:
+    return yaml.safe_dump(values, sort_keys=False, default_flow_style=None, width=120)
