@@ -208,3 +208,18 @@ def test_non_finite_weights_are_never_written():
         model.codebook.mu[0, 0] = float("inf")
     with pytest.raises(NonFiniteTrainingError, match="codebook.mu"):
         check_finite_parameters(model, "checkpoint at step 7")
+
+
+def test_gpt2_baseline_trains_resumes_and_exports(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    args = tiny_args(tmp_path / "run", "--model", "gpt2", "--save_steps", "3", max_steps=6, stages=(1, 3))
+    results = run_in_process(args)
+    assert results["model"] == "gpt2" and "stage 2" not in results["stages"]  # the baseline trains jointly
+    final = load_file(tmp_path / "run" / "model.safetensors")
+    rerun = run_in_process(args + ["--resume_from_checkpoint", str(tmp_path / "run" / "checkpoints" / "checkpoint-3")])
+    assert rerun["validation"] == results["validation"]
+    assert_same(load_file(tmp_path / "run" / "model.safetensors"), final)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+    assert type(model).__name__ == "GPT2LMHeadModel" and model.config.n_layer == 3
+    assert len(AutoTokenizer.from_pretrained(tmp_path / "run")) == 27
