@@ -47,5 +47,6 @@ def baseline_block_nll(model, input_ids: torch.LongTensor) -> torch.Tensor:
 def baseline_samples(model, num_samples: int, length: int) -> torch.LongTensor:
     """Ancestral samples (num_samples, length) after the start token; temperature 1, no top-k / top-p."""
     start = torch.full((num_samples, 1), model.config.bos_token_id, device=model.device)
-    settings = GenerationConfig(do_sample=True, max_new_tokens=length, top_k=None, pad_token_id=model.config.pad_token_id)
+    settings = GenerationConfig(do_sample=True, max_new_tokens=length, top_k=None,
+                                pad_token_id=model.config.pad_token_id)
     return model.generate(input_ids=start, attention_mask=torch.ones_like(start), generation_config=settings)[:, 1:]

@@ -15,9 +15,8 @@ from training.checkpointing import TrainingProgress, find_resume_checkpoint, sav
 from training.ema import build_ema
 from training.guards import NonFiniteStepGuard, check_finite_parameters
 from training.optimization import build_lr_scheduler, build_optimizer
-from training.rng import isolated_rng
 from training.stages import Stage, StageSchedule, freeze_averaged_weights, set_trainable
-from training.tracking import trackers
+from training.tracking import TrainingLog, trackers
 from training.validation import evaluate_loss, loss_metrics
 
 
@@ -56,6 +55,28 @@ def build_loaders(splits: dict, settings: TrainingSettings):
     return train, validation
 
 
+def micro_batches(accelerator: Accelerator, loader, position: int):
+    """Train batches from data position `position` (micro-batches already consumed) on, endlessly: epoch e is the
+    permutation seeded with seed + e, so the order depends on the position only."""
+    epoch, skip = divmod(position, len(loader))
+    while True:
+        loader.set_epoch(epoch)
+        yield from accelerator.skip_first_batches(loader, skip) if skip else loader
+        epoch, skip = epoch + 1, 0
+
+
+def resume_training(accelerator: Accelerator, settings: TrainingSettings, progress: TrainingProgress) -> None:
+    """Continue from ``--resume_from_checkpoint`` (weights, optimizer, schedule, EMA, RNGs, data position, stage)."""
+    checkpoint = find_resume_checkpoint(settings.resume_from_checkpoint, settings.output_dir)
+    if checkpoint is None:
+        if settings.resume_from_checkpoint:
+            accelerator.print("no checkpoint to resume from: starting from step 0")
+        return
+    accelerator.load_state(str(checkpoint))
+    accelerator.print(f"resumed from {checkpoint} at step {progress.step} (stage {progress.stage + 1}, "
+                      f"micro-batch {progress.micro_batches})")
+
+
 class Trainer:
     """Trains one model; `train()` runs (or resumes) the steps, `evaluate()` scores the EMA weights.
 
@@ -81,7 +102,7 @@ class Trainer:
         self.block_size = splits["train"][0]["input_ids"].shape[0]
         self.current_stage: int | None = None
         self.last_eval: dict | None = None
-        self.train_seconds = 0.0
+        self.log = TrainingLog(characters, self.tokens_per_step)
         self.data_digest = hashlib.sha256()  # of the blocks this process trained on, for `replica_fingerprints`
         set_seed(settings.seed, device_specific=True)  # each process draws its own latent noise
 
@@ -95,72 +116,45 @@ class Trainer:
         return (settings.per_device_train_batch_size * settings.gradient_accumulation_steps
                 * self.accelerator.num_processes * self.block_size)
 
-    def resume(self) -> None:
-        """Continue from ``--resume_from_checkpoint`` (weights, optimizer, schedule, EMA, RNGs, data position)."""
-        checkpoint = find_resume_checkpoint(self.settings.resume_from_checkpoint, self.settings.output_dir)
-        if checkpoint is None:
-            if self.settings.resume_from_checkpoint:
-                self.accelerator.print("no checkpoint to resume from: starting from step 0")
-            return
-        self.accelerator.load_state(str(checkpoint))
-        self.accelerator.print(f"resumed from {checkpoint} at step {self.progress.step} "
-                               f"(stage {self.progress.stage + 1}, micro-batch {self.progress.micro_batches})")
-
     def train(self) -> None:
         settings, progress = self.settings, self.progress
         bar = tqdm(total=settings.max_steps, initial=progress.step, unit="step", dynamic_ncols=True,
                    disable=not self.accelerator.is_local_main_process, desc=f"training {self.recipe.kind}")
-        batches, window = self._micro_batches(), _LogWindow()
+        batches = micro_batches(self.accelerator, self.train_loader, progress.micro_batches)
         while progress.step < settings.max_steps:
             stage = self.schedule.stage_at(progress.step)
             self._enter_stage(stage)
             started = time.perf_counter()
             loss, grad_norm = self._optimizer_step(batches, stage)
-            window.add(loss, grad_norm, time.perf_counter() - started)
+            self.log.add(loss, grad_norm, time.perf_counter() - started)
             bar.update(1)
-            self._after_step(stage, window, bar)
+            self._after_step(stage, bar)
         bar.close()
-
-    def _micro_batches(self):
-        """Train batches from the stored data position on: epoch e is the permutation seeded with seed + e."""
-        epoch, skip = divmod(self.progress.micro_batches, len(self.train_loader))
-        while True:
-            self.train_loader.set_epoch(epoch)
-            loader = self.accelerator.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
-            yield from loader
-            epoch, skip = epoch + 1, 0
 
     def _enter_stage(self, stage: Stage) -> None:
         """Switch the trained / frozen parameters; at a stage boundary, freeze the EMA weights of the finished
-        layers and log the loss on a fixed probe batch before and after adding the new layers (equal: the new
-        layers start as the identity)."""
+        layers and log the validation loss before and after adding the new layers (equal: the new layers start
+        as the identity)."""
         if stage.index == self.current_stage:
             return
         boundary = stage.index > 0 and self.progress.step == stage.start_step
         if boundary:
             freeze_averaged_weights(self.unwrapped_model, self.ema.module, stage)
-            before = self._probe_loss(self.schedule.stages[stage.index - 1])
+            before = self._validation_loss(self.schedule.stages[stage.index - 1])
         if len(self.schedule) > 1:
             set_trainable(self.unwrapped_model, stage)
         if boundary:
-            after = self._probe_loss(stage)
+            after = self._validation_loss(stage)
             self.accelerator.log({"stage/loss_before": before, "stage/loss_after": after}, step=self.progress.step)
-            self.accelerator.print(f"stage {stage.index + 1} at step {stage.start_step}: probe loss {before:.6f} "
+            self.accelerator.print(f"stage {stage.index + 1} at step {stage.start_step}: validation loss {before:.6f} "
                                    f"with {stage.num_frozen_flow_layers} flow layers, {after:.6f} with "
                                    f"{stage.num_flow_layers}")
         self.current_stage = self.progress.stage = stage.index
 
-    @torch.no_grad()
-    def _probe_loss(self, stage: Stage) -> float:
-        """Loss (nats per token) of the training weights on the first validation batch, with fixed noise."""
-        model = self.unwrapped_model
-        was_training = model.training
-        model.eval()
-        input_ids = next(iter(self.eval_loader))["input_ids"]
-        with isolated_rng(self.settings.seed, self.accelerator.device), self.accelerator.autocast():
-            loss = self.recipe.block_nll(model, input_ids, stage).float().mean() / input_ids.shape[1]
-        model.train(was_training)
-        return self.accelerator.reduce(loss, "mean").item()
+    def _validation_loss(self, stage: Stage) -> float:
+        """Validation loss (nats per token) of the training weights, with the evaluation's fixed noise."""
+        return evaluate_loss(self.accelerator, self.recipe, self.unwrapped_model, self.eval_loader, stage,
+                             self.settings.seed)
 
     def _optimizer_step(self, batches, stage: Stage) -> tuple[float, float]:
         """Accumulate gradients over the micro-batches of one step, then apply it unless it is not finite."""
@@ -189,13 +183,12 @@ class Trainer:
         self.progress.tokens += self.tokens_per_step
         return loss, grad_norm
 
-    def _after_step(self, stage: Stage, window: "_LogWindow", bar) -> None:
+    def _after_step(self, stage: Stage, bar) -> None:
         settings, step = self.settings, self.progress.step
         if step % settings.logging_steps == 0 or step == settings.max_steps:
-            metrics = self._train_metrics(window, stage)
+            metrics = self.log.flush(self.lr_scheduler.get_last_lr()[0], stage.index + 1, self.progress.skipped_steps)
             self.accelerator.log(metrics, step=step)
-            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", **self._postfix(metrics),
-                            tok_s=f"{metrics['train/tokens_per_second']:.0f}")
+            bar.set_postfix(self.log.postfix(metrics))
         if step % settings.eval_steps == 0 or step == settings.max_steps:
             self.last_eval = self.evaluate(stage)
             self.accelerator.log({f"eval/{name}": value for name, value in self.last_eval.items()}, step=step)
@@ -204,40 +197,9 @@ class Trainer:
             check_finite_parameters(self.unwrapped_model, f"checkpoint at step {step}")
             save_checkpoint(self.accelerator, settings.output_dir, step, settings.save_total_limit)
 
-    def _train_metrics(self, window: "_LogWindow", stage: Stage) -> dict:
-        loss, grad_norm, seconds, steps = window.flush()
-        self.train_seconds += seconds
-        named = loss_metrics(loss, self.characters)
-        return {**{f"train/{name}": value for name, value in named.items()}, "train/grad_norm": grad_norm,
-                "train/learning_rate": self.lr_scheduler.get_last_lr()[0], "train/stage": stage.index + 1,
-                "train/tokens_per_second": steps * self.tokens_per_step / max(seconds, 1e-9),
-                "train/skipped_steps": self.progress.skipped_steps}
-
-    def _postfix(self, metrics: dict) -> dict:
-        return {"bpc": f"{metrics['train/bpc']:.3f}"} if self.characters else {"ppl": f"{metrics['train/ppl']:.2f}"}
-
     def evaluate(self, stage: Stage | None = None) -> dict:
         """Validation loss of the EMA weights (what is exported) with the stage's flow layers."""
         stage = stage or self.schedule.stages[-1]
         loss = evaluate_loss(self.accelerator, self.recipe, self.ema.module, self.eval_loader, stage,
                              self.settings.seed)
         return loss_metrics(loss, self.characters)
-
-
-class _LogWindow:
-    """Means of the loss and gradient norm since the last log line, and the time spent in those steps (validation
-    and checkpoints excluded, so tokens per second measures training alone)."""
-
-    def __init__(self):
-        self.losses, self.grad_norms, self.seconds = [], [], 0.0
-
-    def add(self, loss: float, grad_norm: float, seconds: float) -> None:
-        self.losses.append(loss)
-        self.grad_norms.append(grad_norm)
-        self.seconds += seconds
-
-    def flush(self) -> tuple[float, float, float, int]:
-        steps = len(self.losses)
-        summary = (sum(self.losses) / steps, sum(self.grad_norms) / steps, self.seconds, steps)
-        self.__init__()
-        return summary

@@ -25,7 +25,7 @@ from accelerate.utils import set_seed
 from training.arguments import format_settings, parse_settings, resolved_settings
 from training.data import DataConfig, build_datasets, unigram_entropy_bits
 from training.export import export_model_folder, push_model_folder
-from training.loop import Trainer, build_accelerator
+from training.loop import Trainer, build_accelerator, resume_training
 from training.model_card import build_model_card
 from training.models import RECIPES, build_tarflow_config
 from training.replicas import replica_fingerprints
@@ -76,8 +76,8 @@ def collect_results(trainer: Trainer, settings, data_config: DataConfig, extra: 
         "model": settings.model, "model_name": f"{settings.preset_name}-{settings.model}",
         "output_dir": settings.output_dir, "steps": trainer.progress.step,
         "skipped_steps": trainer.progress.skipped_steps, "tokens": trainer.progress.tokens,
-        "train_seconds": trainer.train_seconds,
-        "tokens_per_second": trainer.progress.tokens / trainer.train_seconds if trainer.train_seconds else None,
+        "train_seconds": trainer.log.total_seconds,
+        "tokens_per_second": trainer.log.tokens_per_second,
         "validation": trainer.last_eval or trainer.evaluate(),
         "num_parameters": sum(p.numel() for p in model.parameters()), "stages": trainer.schedule.describe(),
         "data": {"dataset": data_config.dataset, "tokenizer": data_config.tokenizer,
@@ -107,7 +107,7 @@ def finish(trainer: Trainer, settings, data_config: DataConfig, tokenizer, resol
 
 
 def format_summary(results: dict) -> str:
-    lines = [f"\nvalidation: " + ", ".join(f"{k} {v:.4f}" for k, v in results["validation"].items())]
+    lines = ["\nvalidation: " + ", ".join(f"{k} {v:.4f}" for k, v in results["validation"].items())]
     if results.get("unigram_entropy_bits") is not None:
         lines.append(f"unigram entropy of the train split: {results['unigram_entropy_bits']:.4f} bits per token")
     lines += [f"sample {i + 1}: {text}" for i, text in enumerate(results.get("samples", []))]
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
         (Path(settings.output_dir) / "training_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     trainer = Trainer(settings, accelerator, recipe, model, splits, schedule, data_config.uses_characters)
     accelerator.init_trackers("logs", config=hyperparameters(resolved))
-    trainer.resume()
+    resume_training(accelerator, settings, trainer.progress)
     trainer.train()
     extra = {"unigram_entropy_bits": train_unigram_entropy(splits["train"]), "preset": settings.preset_name}
     results = finish(trainer, settings, data_config, tokenizer, resolved, extra)

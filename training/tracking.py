@@ -6,6 +6,8 @@ from pathlib import Path
 
 from accelerate.tracking import GeneralTracker, on_main_process
 
+from training.validation import loss_metrics
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -38,6 +40,44 @@ class JsonLinesTracker(GeneralTracker):
     def log(self, values: dict, step: int | None = None, **kwargs):
         with self.path.open("a") as stream:
             stream.write(json.dumps({"step": step, **values}) + "\n")
+
+
+class TrainingLog:
+    """What one log line reports: means of the loss and gradient norm since the previous line, and tokens per
+    second over the time spent in optimizer steps (validation and checkpoints excluded)."""
+
+    def __init__(self, characters: bool, tokens_per_step: int):
+        self.characters, self.tokens_per_step = characters, tokens_per_step
+        self.losses, self.grad_norms, self.seconds = [], [], 0.0
+        self.total_seconds, self.total_steps = 0.0, 0  # in this process, since it started or resumed
+
+    def add(self, loss: float, grad_norm: float, seconds: float) -> None:
+        self.losses.append(loss)
+        self.grad_norms.append(grad_norm)
+        self.seconds += seconds
+        self.total_seconds += seconds
+        self.total_steps += 1
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        return self.total_steps * self.tokens_per_step / self.total_seconds if self.total_steps else None
+
+    def flush(self, learning_rate: float, stage: int, skipped_steps: int) -> dict:
+        steps, seconds = len(self.losses), max(self.seconds, 1e-9)
+        named = loss_metrics(sum(self.losses) / steps, self.characters)
+        metrics = {**{f"train/{name}": value for name, value in named.items()},
+                   "train/grad_norm": sum(self.grad_norms) / steps, "train/learning_rate": learning_rate,
+                   "train/stage": stage, "train/tokens_per_second": steps * self.tokens_per_step / seconds,
+                   "train/skipped_steps": skipped_steps}
+        self.losses, self.grad_norms, self.seconds = [], [], 0.0
+        return metrics
+
+    def postfix(self, metrics: dict) -> dict:
+        """The progress bar's loss, BPC (characters) or perplexity, and tokens per second."""
+        quality = {"bpc": f"{metrics['train/bpc']:.3f}"} if self.characters else \
+            {"ppl": f"{metrics['train/ppl']:.2f}"}
+        return {"loss": f"{metrics['train/loss']:.4f}", **quality,
+                "tok/s": f"{metrics['train/tokens_per_second']:.0f}"}
 
 
 def trackers(report_to: str, output_dir: str | Path) -> list:
