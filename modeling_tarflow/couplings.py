@@ -49,15 +49,15 @@ class ElementwiseCoupling(nn.Module, metaclass=abc.ABCMeta):
         if not self.head.autoregressive:
             return self._invert_full_precision(u, self.head(features))
         # MAF head: channel i needs h_{<i}, so the channels are recovered one after another.
-        h = torch.zeros_like(u)
-        iterations = 0
+        context = self.head.context(features)
+        channels, iterations = [], 0
         for i in range(u.shape[-1]):
-            params = self.head(features, h)[..., i:i + 1, :]
+            known = torch.stack(channels, dim=-1) if channels else None
+            params = self.head.channel_params(context, known, i).unsqueeze(-2)
             h_i, used = self._invert_full_precision(u[..., i:i + 1], params)
-            h = h.clone()
-            h[..., i:i + 1] = h_i.to(h.dtype)
+            channels.append(h_i[..., 0].to(u.dtype))
             iterations = max(iterations, used)
-        return h, iterations
+        return torch.stack(channels, dim=-1), iterations
 
     def _invert_full_precision(self, u: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, int]:
         context, (u, params) = _full_precision(u, params)

@@ -12,6 +12,7 @@ from torch import nn
 
 from .codebook import GaussianCodebook
 from .couplings import build_coupling
+from .decoding import SEQUENTIAL, JacobiDecoding, LayerInversion, SequentialDecoding
 from .transformer import CausalConditioner
 
 
@@ -51,33 +52,50 @@ class AutoregressiveFlow(nn.Module):
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """h (B, N, c) → (u (B, N, c), log_det (B,))."""
-        x = self._oriented(h)
-        u, log_det = self.coupling(x, self.conditioner(x))
+        u, log_det = self._forward_in_own_order(h)
         return self._oriented(u), log_det.sum(1)
 
+    def forward_per_patch(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (B, N, c) → (u (B, N, c), log_det (B, N)): the log-determinant of every patch, in sequence order."""
+        u, log_det = self._forward_in_own_order(h)
+        return self._oriented(u), self._oriented(log_det)
+
+    def _forward_in_own_order(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self._oriented(h)
+        return self.coupling(x, self.conditioner(x))
+
     @torch.no_grad()
-    def inverse(self, u: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """u (B, N, c) → (h, root-finder iterations): sequential over patches, one cached transformer step each."""
-        y = self._oriented(u)
-        batch, length, _ = y.shape
-        param = next(self.conditioner.parameters())
-        cache = self.conditioner.new_cache(batch, length, y.device, param.dtype)
-        patches, previous, iterations = [], None, 0
-        for t in range(length):
-            features = self.conditioner.step(previous, t, cache, batch)
-            previous, used = self.coupling.inverse(y[:, t:t + 1], features)
-            patches.append(previous)
-            iterations = max(iterations, used)
-        return self._oriented(torch.cat(patches, dim=1).to(u.dtype)), iterations
+    def inverse(self, u: torch.Tensor, prefix: torch.Tensor | None = None,
+                decoding: SequentialDecoding | JacobiDecoding = SEQUENTIAL) -> LayerInversion:
+        """u (B, N, c) → `LayerInversion` with h (B, N, c), solved in this layer's order by `decoding`.
+
+        `prefix` (B, Np, c): known inputs of Np patches that precede u in the sequence (a prompt). A left-to-right
+        layer conditions on them (they fill its KV cache); a right-to-left layer reads them only after u, so they
+        do not enter u's inverse at all.
+        """
+        inversion = decoding.invert(self.conditioner, self.coupling, self._oriented(u),
+                                    None if self.reverse else prefix)
+        return inversion._replace(h=self._oriented(inversion.h))
 
 
 class FlowInversion(NamedTuple):
-    """Result of inverting the stack: z, the latents [h^(L) = u, .., h^(0) = z] after every inverse layer, and the
-    root-finder iterations each layer used (from layer L down to 1)."""
+    """Result of inverting the stack: z, the latents [h^(L) = u, .., h^(0) = z] after every inverse layer, the
+    root-finder iterations each layer used (from layer L down to 1) and, for Jacobi decoding, each layer's
+    fixed-point iterations per block."""
 
     z: torch.Tensor
     hidden_states: list[torch.Tensor]
     iterations: list[int]
+    fixed_point_iterations: tuple[list[int], ...] = ()
+
+
+class LayerwiseForward(NamedTuple):
+    """Result of `FlowStack.forward_by_patch`: u, every layer's log-determinant per patch (B, L, N), and every
+    layer's input patches (B, Np + N, c), prefix included, in the layer's input channel order."""
+
+    u: torch.Tensor
+    log_dets: torch.Tensor
+    layer_inputs: list[torch.Tensor]
 
 
 class FlowStack(nn.Module):
@@ -120,24 +138,58 @@ class FlowStack(nn.Module):
             hidden_states.append(self._unpatchify(h))
         return hidden_states[-1], torch.stack(log_dets, dim=-1), hidden_states
 
-    def inverse(self, u: torch.Tensor) -> torch.Tensor:
+    def forward_by_patch(self, z: torch.Tensor, prefix_inputs: list[torch.Tensor] | None = None) -> LayerwiseForward:
+        """Data → noise keeping every layer's input and per-patch log-determinant (for densities of parts of a
+        sequence). With `prefix_inputs` (each layer's input over Np prompt patches), z (B, T, d) is a continuation:
+        each layer reads the given prefix before it — the *clamped* forward whose inverse is `inverse_with_details`
+        with the same prefix — and returns u and log-determinants of the continuation only."""
+        h, inputs, log_dets = self._patchify(z), [], []
+        for index, layer in enumerate(self.layers):
+            if index > 0 and self.channel_mix is not None:
+                h = self.channel_mix(h)
+            x = h if prefix_inputs is None else torch.cat([prefix_inputs[index], h], dim=1)
+            out, log_det = layer.forward_per_patch(x)
+            known = x.shape[1] - h.shape[1]
+            inputs.append(x)
+            h = out[:, known:]
+            log_dets.append(log_det[:, known:])
+        return LayerwiseForward(self._unpatchify(h), torch.stack(log_dets, dim=1), inputs)
+
+    def inverse(self, u: torch.Tensor, decoding: SequentialDecoding | JacobiDecoding = SEQUENTIAL) -> torch.Tensor:
         """Noise → data: u (B, T, d) → z (B, T, d), inverting the layers from L down to 1."""
-        return self.inverse_with_details(u).z
+        return self.inverse_with_details(u, decoding=decoding).z
 
     @torch.no_grad()
-    def inverse_with_details(self, u: torch.Tensor) -> FlowInversion:
+    def inverse_with_details(self, u: torch.Tensor, prefix_inputs: list[torch.Tensor] | None = None,
+                             decoding: SequentialDecoding | JacobiDecoding = SEQUENTIAL) -> FlowInversion:
         """`inverse`, also returning every intermediate latent (the paper's intermediate decoding, App. G) and the
-        root-finder iterations per layer."""
+        iteration counts per layer.
+
+        `prefix_inputs`: each layer's input over Np prompt patches that precede u (`forward_by_patch(...)
+        .layer_inputs` sliced to the prompt); u is then the continuation's noise, each left-to-right layer
+        conditions on its prefix, and the result holds the continuation only (see `prompting.py`).
+        `decoding`: `SequentialDecoding` (exact, the default) or `JacobiDecoding` (parallel fixed point).
+        """
         self._check_latents(u, "u", check_finite=True)
-        h = self._patchify(u)
-        hidden_states, iterations = [u], []
+        prefix_length = 0 if prefix_inputs is None else prefix_inputs[0].shape[1] * self.patch_size
+        if u.shape[1] + prefix_length > self.max_length:
+            raise ValueError(f"prompt ({prefix_length}) + continuation ({u.shape[1]}) tokens exceed "
+                             f"max_position_embeddings {self.max_length}")
+        h, hidden_states, iterations, fixed_point = self._patchify(u), [u], [], []
         for index in reversed(range(len(self.layers))):
-            h, used = self.layers[index].inverse(h)
+            prefix = None if prefix_inputs is None else prefix_inputs[index]
+            h, used, blocks = self.layers[index].inverse(h, prefix, decoding)
             iterations.append(used)
+            fixed_point.append(blocks)
             if index > 0 and self.channel_mix is not None:
                 h = self.channel_mix.unmix(h)
             hidden_states.append(self._unpatchify(h))
-        return FlowInversion(hidden_states[-1], hidden_states, iterations)
+        return FlowInversion(hidden_states[-1], hidden_states, iterations, tuple(fixed_point))
+
+    @property
+    def has_right_to_left(self) -> bool:
+        """Whether any layer runs right to left (then a prompt cannot simply be clamped: see `prompting.py`)."""
+        return any(layer.reverse for layer in self.layers)
 
     def _patchify(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], x.shape[1] // self.patch_size, self.patch_size * self.latent_dim)
@@ -162,4 +214,4 @@ class FlowStack(nn.Module):
             raise ValueError(f"{name} contains NaN or infinite values")
 
 
-__all__ = ["ChannelMix", "AutoregressiveFlow", "FlowInversion", "FlowStack"]
+__all__ = ["ChannelMix", "AutoregressiveFlow", "FlowInversion", "LayerwiseForward", "FlowStack"]

@@ -67,5 +67,22 @@ class MaskedAutoregressiveHead(nn.Module):
         hidden = F.gelu(self.context(features) + recurrent).unflatten(-1, (self.channels, -1))
         return torch.einsum("...cb,cbn->...cn", hidden, self.out_weight) + self.out_bias
 
+    def channel_params(self, context: torch.Tensor, known: torch.Tensor | None, channel: int) -> torch.Tensor:
+        """θ_i of channel i = `channel` alone, (..., n): the per-channel step of the inverse, which recovers the
+        channels one after another and so needs only row i of `forward`, not all c rows each time.
+
+        `context` is `self.context(features)` (computed once per position); `known` holds h_{<i}, (..., i)
+        (None for i = 0). Equal to `forward(features, h)[..., i, :]` up to float summation order.
+        """
+        block = slice(channel * self.block_size, (channel + 1) * self.block_size)
+        pre_activation = context[..., block]
+        if known is not None:
+            values = torch.stack([known, F.elu(known), F.elu(-known)], dim=-1).to(self.embed_weight.dtype)
+            embedded = torch.einsum("...ci,cie->...ce", values, self.embed_weight[:channel])
+            embedded = F.gelu(embedded + self.embed_bias[:channel])
+            weight = self.recurrent.weight[block, :channel * self.embed_size]   # unmasked: all j < i are allowed
+            pre_activation = pre_activation + F.linear(embedded.flatten(-2), weight)
+        return F.gelu(pre_activation) @ self.out_weight[channel] + self.out_bias[channel]
+
 
 __all__ = ["LinearHead", "MaskedAutoregressiveHead"]

@@ -99,28 +99,69 @@ def mixture_cdf_transform(z: torch.Tensor, log_w: torch.Tensor, mean: torch.Tens
 
 def mixture_inverse_cdf(u: torch.Tensor, log_w: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor,
                         tolerance: float = 1e-6, max_iterations: int = 100) -> RootFindResult:
-    """z = F_mix⁻¹(Φ(u)): solves g(z) = Φ⁻¹(F_mix(z)) − u = 0 by safeguarded Newton–bisection.
+    """z = F_mix⁻¹(Φ(u)), elementwise over `u`, by Newton's method with a safeguarded fallback (`solve_increasing`).
 
-    The residual is measured in probit units, where the problem is well conditioned in the tails; its slope is
-    g'(z) = p_mix(z) / φ(Φ⁻¹(F(z))). The bracket [min_k(m_k − c s_k), max_k(m_k + c s_k)] with c = |u| + 1 always
-    holds the root, because every component puts mass ≤ Φ(−c) beyond it.
+    Solved in the lower tail and in log space, where it is well conditioned and needs no Φ⁻¹ per iteration: for
+    u > 0 the mirrored mixture (means −m) is solved at −u, since 1 − F(z) = F_mirror(−z). There the residual
+
+        g(z) = log F(z) − log Φ(u),   g'(z) = p_mix(z) / F(z),
+
+    is increasing; its tolerance is `tolerance` in probit units, |Φ⁻¹(F(z)) − u| ≈ |g|·Φ(u)/φ(u). The bracket
+    [min_k(m_k − c s_k), max_k(m_k + c s_k)] with c = |u| + 1 always holds the root, because every component puts
+    mass ≤ Φ(−c) beyond it. Newton starts from the better of two guesses (`quantile_guesses`).
     """
+    mirror = torch.copysign(torch.ones_like(u), -u)                        # −1 where u > 0
+    u = -u.abs()
+    log_target = log_ndtr(u)
     scale = torch.exp(log_scale)
-    reach = (u.abs() + 1.0).unsqueeze(-1) * scale
-    lower = (mean - reach).amin(dim=-1)
-    upper = (mean + reach).amax(dim=-1)
-    weights = torch.exp(log_w)
-    mix_mean = (weights * mean).sum(-1)
-    mix_std = ((weights * (scale.square() + mean.square())).sum(-1) - mix_mean.square()).clamp_min(0).sqrt()
-    start = mix_mean + mix_std * u
+    starts = quantile_guesses(u, log_target, mirror, log_w, mean, scale)
+    mean = mean * mirror.unsqueeze(-1)
+    reach = (1.0 - u).unsqueeze(-1) * scale
+    lower, upper = (mean - reach).amin(dim=-1), (mean + reach).amax(dim=-1)
+    inverse_scale, log_density_offset = 1.0 / scale, log_w - log_scale - LOG_SQRT_2PI
 
     def residual_and_slope(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        log_cdf, log_sf = mixture_log_cdf(z, log_w, mean, log_scale)
-        probit = probit_from_log_cdf(log_cdf, log_sf)
-        slope = torch.exp(mixture_log_prob(z, log_w, mean, log_scale) - normal_log_prob(probit))
-        return probit - u, slope
+        standardized = (z.unsqueeze(-1) - mean) * inverse_scale
+        log_cdf = torch.logsumexp(log_w + log_ndtr(standardized), dim=-1)
+        log_pdf = torch.logsumexp(torch.addcmul(log_density_offset, standardized, standardized, value=-0.5), dim=-1)
+        return log_cdf - log_target, torch.exp(log_pdf - log_cdf)
 
-    return solve_increasing(residual_and_slope, lower, upper, start, tolerance, max_iterations)
+    # |Δu| ≈ |g|·Φ(u)/φ(u), and g cannot be resolved below the rounding of log F (a few ulps of |log Φ(u)|)
+    residual_tolerance = (tolerance * torch.exp(-0.5 * u.square() - LOG_SQRT_2PI - log_target)
+                          + 8 * torch.finfo(u.dtype).eps * (1 - 2 * log_target))
+    result = solve_increasing(residual_and_slope, lower, upper, starts, tolerance, max_iterations, residual_tolerance)
+    return RootFindResult(result.z * mirror, result.iterations, result.residual)
+
+
+@torch.no_grad()
+def quantile_guesses(u: torch.Tensor, log_target: torch.Tensor, mirror: torch.Tensor, log_w: torch.Tensor,
+                     mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Two guesses (2, ...) for the root of the mirrored problem of `mixture_inverse_cdf`, F'(z') = p with
+    p = Φ(u) = exp(log_target) ≤ ½ and F' the mixture with means `mirror`·m: each is good where the other is poor.
+
+    - Staircase, exact when the components do not overlap (a trained tied codebook: narrow, far apart): with the
+      components sorted by mean and C_k their cumulative weight, p falls in the step of the component k with
+      C_{k−1} ≤ p < C_k, and the guess is that component's own quantile m_k + s_k Φ⁻¹((p − C_{k−1}) / w_k).
+    - Moment-matched, exact for a single Gaussian (overlapping components): mean + std · u.
+
+    The means are sorted in their own shape, so a codebook shared by all entries is sorted once; negating the means
+    of a mirrored entry reverses their order.
+    """
+    weight = torch.exp(log_w)
+    sorted_mean, order = torch.sort(mean, dim=-1)
+    mirrored = (mirror < 0).unsqueeze(-1)
+    order = torch.where(mirrored, order.flip(-1), order).expand(log_w.shape)
+    sorted_mean = torch.where(mirrored, -sorted_mean.flip(-1), sorted_mean)
+    sorted_weight = weight.gather(-1, order)
+    sorted_scale = scale.expand(log_w.shape).gather(-1, order)
+    before = torch.cumsum(sorted_weight, dim=-1) - sorted_weight            # C_{k−1}
+    target = torch.exp(log_target).unsqueeze(-1)
+    k = ((before <= target).sum(-1, keepdim=True) - 1).clamp_min(0)
+    inner = ((target - before.gather(-1, k)) / sorted_weight.gather(-1, k)).clamp(1e-30, 1 - 1e-7)
+    staircase = sorted_mean.expand(log_w.shape).gather(-1, k) + sorted_scale.gather(-1, k) * ndtri(inner)
+    mix_mean = (weight * mean).sum(-1)
+    mix_std = ((weight * (scale.square() + mean.square())).sum(-1) - mix_mean.square()).clamp_min(0).sqrt()
+    return torch.stack([staircase.squeeze(-1), mirror * mix_mean + mix_std * u])
 
 
 __all__ = [
@@ -132,4 +173,5 @@ __all__ = [
     "probit_from_log_cdf",
     "mixture_cdf_transform",
     "mixture_inverse_cdf",
+    "quantile_guesses",
 ]

@@ -13,7 +13,7 @@ from transformers.utils import ModelOutput
 from .codebook import GaussianCodebook
 from .configuration_tarflow import TarFlowConfig
 from .flow import FlowStack
-from .generation import TarFlowGenerationConfig, sample_unconditional
+from .generation import TarFlowGenerateOutput, TarFlowGenerationConfig, generate_tokens
 from .heads import LinearHead, MaskedAutoregressiveHead
 from .mixtures import normal_log_prob
 from .transformer import CausalConditioner
@@ -98,7 +98,7 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
         self.codebook = GaussianCodebook(config.vocab_size, config.latent_dim)
         self.flow = FlowStack(config, codebook=self.codebook)
         self.post_init()
-        self.generation_config = TarFlowGenerationConfig(max_new_tokens=config.max_position_embeddings)
+        self.generation_config = TarFlowGenerationConfig()
 
     def encode(self, input_ids: torch.LongTensor, noise: torch.Tensor | None = None) -> torch.FloatTensor:
         """A sample z ~ q(z|x) = N(μ_x, σ_x² I): (batch, length) → (batch, length, latent_dim)."""
@@ -152,17 +152,40 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def generate(self, input_ids: torch.LongTensor | None = None,
-                 generation_config: TarFlowGenerationConfig | None = None, **kwargs) -> torch.LongTensor:
-        """Sample token ids (num_return_sequences, max_new_tokens): u ~ N(0, τ²I) → inverse flows → decode.
+                 generation_config: TarFlowGenerationConfig | None = None, noise: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, **kwargs) -> torch.LongTensor | TarFlowGenerateOutput:
+        r"""Sample token ids: u ~ N(0, τ²I) → inverse flows → decode, or continue a prompt.
 
-        Accepts `max_new_tokens`, `num_return_sequences`, `temperature` (τ, the scale of the base noise) and
-        `do_sample` (categorical vs argmax final decode) as keyword overrides of `generation_config`.
+        Args:
+            input_ids (`(batch, prompt_length)`, *optional*): a prompt, a multiple of `patch_size` long; it is
+                reproduced exactly at the start of every returned sequence, and the continuation is sampled from
+                the model's conditional (exactly with left-to-right layers only, by Metropolis–Hastings otherwise;
+                see `prompting.py`). None samples unconditionally.
+            generation_config (`TarFlowGenerationConfig`, *optional*): defaults to `self.generation_config`; keyword
+                arguments override its fields (`max_new_tokens`, `num_return_sequences`, `temperature`, `do_sample`,
+                `use_cache`, `decoding`, `seed`, `output_hidden_states`, `return_dict_in_generate`, ...).
+            noise (`(batch · num_return_sequences, max_new_tokens, latent_dim)`, *optional*): the standard-normal
+                base noise to invert (scaled by τ), instead of a fresh draw.
+            attention_mask (*optional*): accepted for `transformers` compatibility; padded prompts are not supported.
+
+        Returns:
+            `(batch · num_return_sequences, prompt_length + max_new_tokens)` ids, or a `TarFlowGenerateOutput` with
+            `return_dict_in_generate=True` or `output_hidden_states=True`.
         """
-        if input_ids is not None:
-            raise ValueError("prompted generation is not supported by this sampler; pass input_ids=None")
-        config = generation_config if generation_config is not None else self.generation_config
-        config = TarFlowGenerationConfig.from_dict({**config.to_dict(), **kwargs})
-        return sample_unconditional(self, config)
+        if attention_mask is not None and not bool((attention_mask == 1).all()):
+            raise ValueError("padded prompts are not supported: pass prompts of equal length with no padding")
+        base = generation_config if generation_config is not None else self.generation_config
+        unknown = set(kwargs) - set(TarFlowGenerationConfig().to_dict())
+        if unknown:
+            raise ValueError(f"generate() got unknown argument(s) {sorted(unknown)}")
+        config = TarFlowGenerationConfig.from_dict({**base.to_dict(), **kwargs})
+        return generate_tokens(self, input_ids, config, noise)
+
+    def adjust_generation_fn(self, *args, **kwargs):
+        # transformers loads generation_config.json as a plain GenerationConfig: restore TarFlowLM's own class
+        super().adjust_generation_fn(*args, **kwargs)
+        if not isinstance(self.generation_config, TarFlowGenerationConfig):
+            self.generation_config = TarFlowGenerationConfig.from_dict(self.generation_config.to_dict())
 
     def _check_ids(self, input_ids: torch.Tensor) -> None:
         config = self.config

@@ -107,11 +107,17 @@ class CausalConditioner(nn.Module):
         return self._run(x, 0, cache)
 
     def step(self, h_previous: torch.Tensor | None, position: int, cache: KVCache, batch_size: int) -> torch.Tensor:
-        """Features of the single position `position`, reading h_{position−1} (None at position 0): (B, 1, D)."""
+        """Features of the n positions [position, position + n) with the cache holding every earlier position:
+        (B, n, D). `h_previous` (B, n, c) holds the patches at [position − 1, position + n − 1), each position
+        reading the one before it; at position 0 its first row is unused (the learned start vector is read), and
+        None stands for a single position 0. Writes the n positions' keys and values into the cache.
+        """
         if h_previous is None:
             x = self.start.expand(batch_size, 1, -1)
         else:
             x = self.proj_in(h_previous)
+            if position == 0:
+                x = torch.cat([self.start.expand(batch_size, 1, -1).to(x.dtype), x[:, 1:]], dim=1)
         return self._run(x, position, cache)
 
     def _run(self, x: torch.Tensor, start: int, cache: KVCache | None) -> torch.Tensor:

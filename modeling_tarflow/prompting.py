@@ -1,0 +1,127 @@
+r"""Prompt conditioning: sample a continuation from the model's conditional given the prompt's latents.
+
+The prompt x_{≤m} is encoded to c ~ q(z_{≤m} | x_{≤m}), and the continuation is drawn from the flow prior's
+conditional p_τ(z_{>m} | z_{≤m} = c), where p_τ is the flow's push-forward of N(0, τ²I) (τ = 1: the model).
+
+**Only left-to-right layers: exact.** Each layer's output over the prompt depends only on its input over the
+prompt, so one forward pass of c gives every layer's input over the prompt; inverting the continuation patch by
+patch, each layer conditioned on its own prompt prefix (its KV cache prefilled with it), is exact ancestral sampling.
+
+**With right-to-left layers: Metropolis–Hastings.** A right-to-left layer's output over the prompt depends on the
+continuation, so the prompt prefixes of the layers above it are unknown until the continuation is. The *proposal*
+q_r(z_{>m}) takes prefixes r (every layer's input over the prompt, from the forward pass of the current state
+[c, z_{>m}]) as if known, draws ε ~ N(0, τ²I) and inverts the continuation exactly as in the left-to-right case (a
+right-to-left layer inverts the continuation without reading the prompt, which comes after it in its order). Its
+density is tractable: the *clamped* forward pass — each layer reading the prefix r before the continuation — maps
+z_{>m} back to ε, so log q_r(z_{>m}) = log N(ε; 0, τ²I) + Σ_ℓ log|det| over the continuation's patches. The
+proposal depends on the current state through r, and the move z → z' is accepted with probability
+
+    min(1, p_τ(c, z') q_{r(z')}(z) / (p_τ(c, z) q_{r(z)}(z'))),
+
+so the chain's stationary law is exactly p_τ(z_{>m} | c). Each step costs one sequential inversion of the
+continuation and three parallel forward passes. The first proposal, from the prefixes of [c, 0], starts the chain;
+`refinement_steps` − 1 Metropolis–Hastings moves follow. Without right-to-left layers r does not depend on the state,
+q_r is the exact conditional and every move would be accepted (log α = 0), so one proposal is the answer. With
+τ = 0 the proposal is deterministic and each step is a plain fixed-point refinement of the prefixes.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .decoding import JacobiDecoding, SequentialDecoding
+from .flow import FlowInversion, FlowStack
+
+
+class PromptedSample(NamedTuple):
+    """The latents z (B, m + n, d) of prompt and continuation, the last proposal's inversion details, and the
+    fraction of Metropolis–Hastings moves accepted per sequence (None when no right-to-left layer needs them)."""
+
+    z: torch.Tensor
+    inversion: FlowInversion
+    acceptance: torch.Tensor | None
+
+
+class _ChainState(NamedTuple):
+    """A state of the chain: the continuation, every layer's input over the prompt (the prefixes r of the
+    proposal from this state), and log p_τ(c, z_{>m}) up to a constant."""
+
+    continuation: torch.Tensor
+    prefixes: list[torch.Tensor]
+    log_joint: torch.Tensor
+
+
+@torch.no_grad()
+def sample_continuation(flow: FlowStack, prompt_z: torch.Tensor, noise: torch.Tensor,
+                        decoding: SequentialDecoding | JacobiDecoding, temperature: float = 1.0,
+                        refinement_steps: int = 4, generator: torch.Generator | None = None) -> PromptedSample:
+    """z (B, m + n, d) = [c, z_{>m}] with z_{>m} ~ p_τ(z_{>m} | c) (see the module docstring).
+
+    Args:
+        prompt_z: c, the prompt's latents (B, m, d), m a multiple of the patch size.
+        noise: the first proposal's base noise ε ~ N(0, τ²I), already scaled by τ: (B, n, d).
+        refinement_steps: proposals made when right-to-left layers are present (≥ 1).
+    """
+    if not flow.has_right_to_left:
+        prefixes = flow.forward_by_patch(prompt_z).layer_inputs   # the prompt's own, whatever follows it
+        inversion = flow.inverse_with_details(noise, prefixes, decoding)
+        return PromptedSample(torch.cat([prompt_z, inversion.z], dim=1), inversion, None)
+    state = _chain_state(flow, prompt_z, torch.zeros_like(noise), temperature)
+    accepted = torch.zeros(noise.shape[0], device=noise.device)
+    for step in range(refinement_steps):
+        proposal_noise = noise if step == 0 else temperature * torch.randn(
+            noise.shape, generator=generator, device=noise.device, dtype=noise.dtype)
+        inversion = flow.inverse_with_details(proposal_noise, state.prefixes, decoding)
+        proposal = _chain_state(flow, prompt_z, inversion.z, temperature)
+        if step == 0 or temperature == 0:   # the first proposal starts the chain; τ = 0 has no randomness to correct
+            state = proposal
+            continue
+        accept = _metropolis_hastings(flow, state, proposal, temperature, generator)
+        state = _select(accept, proposal, state)
+        accepted += accept.to(accepted.dtype)
+    acceptance = accepted / max(refinement_steps - 1, 1)
+    return PromptedSample(torch.cat([prompt_z, state.continuation], dim=1), inversion, acceptance)
+
+
+def _chain_state(flow: FlowStack, prompt_z: torch.Tensor, continuation: torch.Tensor,
+                 temperature: float) -> _ChainState:
+    forward = flow.forward_by_patch(torch.cat([prompt_z, continuation], dim=1))
+    patches = prompt_z.shape[1] // flow.patch_size
+    log_joint = _base_log_prob(forward.u, temperature) + forward.log_dets.sum((1, 2))
+    return _ChainState(continuation, [x[:, :patches] for x in forward.layer_inputs], log_joint)
+
+
+def _proposal_log_prob(flow: FlowStack, continuation: torch.Tensor, prefixes: list[torch.Tensor],
+                       temperature: float) -> torch.Tensor:
+    """log q_r(z_{>m}) up to a constant, by the clamped forward pass (each layer reads its prefix r first)."""
+    forward = flow.forward_by_patch(continuation, prefixes)
+    return _base_log_prob(forward.u, temperature) + forward.log_dets.sum((1, 2))
+
+
+def _base_log_prob(u: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log N(u; 0, τ²I) per sequence, without its constant (the constants cancel in every ratio used here)."""
+    return -0.5 * u.square().sum((1, 2)) / temperature ** 2
+
+
+def _metropolis_hastings(flow: FlowStack, state: _ChainState, proposal: _ChainState, temperature: float,
+                         generator: torch.Generator | None) -> torch.Tensor:
+    """Accept (B,) bool: log U < log p(c,z') − log p(c,z) + log q_{r(z')}(z) − log q_{r(z)}(z')."""
+    forward_move = _proposal_log_prob(flow, proposal.continuation, state.prefixes, temperature)
+    backward_move = _proposal_log_prob(flow, state.continuation, proposal.prefixes, temperature)
+    log_ratio = proposal.log_joint - state.log_joint + backward_move - forward_move
+    uniform = torch.rand(log_ratio.shape, generator=generator, device=log_ratio.device, dtype=torch.float64)
+    return torch.log(uniform) < log_ratio.double()
+
+
+def _select(accept: torch.Tensor, proposal: _ChainState, state: _ChainState) -> _ChainState:
+    def pick(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+        return torch.where(accept.view(-1, *([1] * (new.dim() - 1))), new, old)
+
+    return _ChainState(pick(proposal.continuation, state.continuation),
+                       [pick(new, old) for new, old in zip(proposal.prefixes, state.prefixes)],
+                       pick(proposal.log_joint, state.log_joint))
+
+
+__all__ = ["PromptedSample", "sample_continuation"]
