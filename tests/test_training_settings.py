@@ -148,4 +148,4 @@ def test_baseline_matches_tarflow_size_and_scores_every_token():
     ids = torch.randint(0, 27, (2, 16))
     log_probs = model(torch.cat([torch.full((2, 1), 26), ids], 1)).logits[:, :-1].log_softmax(-1)
     expected = -log_probs.gather(-1, ids[..., None]).squeeze(-1).sum(-1)
-    torch.testing.assert_close(baseline_block_nll(model, ids), expected)
+    torch.testing.assert_close(baseline_block_nll(model, ids, 26), expected)

@@ -48,15 +48,21 @@ class BaselineRecipe:
     kind = "gpt2"
     progressive = False
 
+    def __init__(self):
+        self.start_token_id: int | None = None
+
     def build(self, config: TarFlowConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
-        return build_baseline(config, tokenizer)
+        model = build_baseline(config, tokenizer)
+        self.start_token_id = model.config.bos_token_id
+        return model
 
     def block_nll(self, model: nn.Module, input_ids: torch.LongTensor, stage: Stage) -> torch.Tensor:
-        return baseline_block_nll(model, input_ids)
+        return baseline_block_nll(model, input_ids, self.start_token_id)
 
     def sample(self, model: nn.Module, num_samples: int, length: int, seed: int) -> torch.LongTensor:
         with isolated_rng(seed, model.device):
             return baseline_samples(model, num_samples, length)
 
 
-RECIPES = {recipe.kind: recipe for recipe in (TarFlowRecipe(), BaselineRecipe())}
+RECIPES = {recipe.kind: recipe for recipe in (TarFlowRecipe, BaselineRecipe)}
+"""The recipe class of each ``--model``; instantiate one per run."""

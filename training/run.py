@@ -117,7 +117,7 @@ def format_summary(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     settings, data_config = parse_settings(argv)
-    recipe = RECIPES[settings.model]
+    recipe = RECIPES[settings.model]()
     progressive = recipe.progressive and len(settings.stage_flow_layers or []) > 1
     accelerator = build_accelerator(settings, progressive)
     with accelerator.main_process_first():
