@@ -146,9 +146,8 @@ class Trainer:
         if boundary:
             after = self._validation_loss(stage)
             self.accelerator.log({"stage/loss_before": before, "stage/loss_after": after}, step=self.progress.step)
-            self.accelerator.print(f"stage {stage.index + 1} at step {stage.start_step}: validation loss {before:.6f} "
-                                   f"with {stage.num_frozen_flow_layers} flow layers, {after:.6f} with "
-                                   f"{stage.num_flow_layers}")
+            self._report(f"stage {stage.index + 1} at step {stage.start_step}: validation loss {before:.6f} with "
+                         f"{stage.num_frozen_flow_layers} flow layers, {after:.6f} with {stage.num_flow_layers}")
         self.current_stage = self.progress.stage = stage.index
 
     def _validation_loss(self, stage: Stage) -> float:
@@ -175,8 +174,8 @@ class Trainer:
             self.ema.update_parameters(self.unwrapped_model)
         else:
             self.progress.skipped_steps += 1
-            self.accelerator.print(f"step {self.progress.step}: non-finite loss {loss} / gradient norm "
-                                   f"{grad_norm}: step skipped")
+            self._report(f"step {self.progress.step}: non-finite loss {loss} / gradient norm {grad_norm}: "
+                         "step skipped")
         self.optimizer.zero_grad(set_to_none=True)
         self.lr_scheduler.step()
         self.progress.step += 1
@@ -192,10 +191,15 @@ class Trainer:
         if step % settings.eval_steps == 0 or step == settings.max_steps:
             self.last_eval = self.evaluate(stage)
             self.accelerator.log({f"eval/{name}": value for name, value in self.last_eval.items()}, step=step)
-            bar.write(f"step {step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in self.last_eval.items()))
+            self._report(f"step {step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in self.last_eval.items()))
         if settings.save_steps and step % settings.save_steps == 0:
             check_finite_parameters(self.unwrapped_model, f"checkpoint at step {step}")
             save_checkpoint(self.accelerator, settings.output_dir, step, settings.save_total_limit)
+
+    def _report(self, line: str) -> None:
+        """A line above the progress bar, from the main process only."""
+        if self.accelerator.is_main_process:
+            tqdm.write(line)
 
     def evaluate(self, stage: Stage | None = None) -> dict:
         """Validation loss of the EMA weights (what is exported) with the stage's flow layers."""
