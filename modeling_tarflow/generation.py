@@ -12,7 +12,7 @@ from transformers.utils import ModelOutput
 
 from .decoding import JacobiDecoding, SequentialDecoding
 from .flow import FlowInversion
-from .prompting import sample_continuation
+from .prompting import PromptedSample, sample_continuation
 from .validation import check_input_ids, check_length
 
 DECODINGS = ("sequential", "jacobi")
@@ -33,8 +33,9 @@ class TarFlowGenerationConfig(GenerationConfig):
             patches, stopping at `jacobi_tolerance`; see `decoding.JacobiDecoding`).
         jacobi_block_size (`int`), jacobi_max_iterations (`int`, *optional*: default the block size, which makes
             the iteration exact), jacobi_tolerance (`float`: max change of a latent between iterations).
-        prompt_refinement_steps (`int`): proposals of the Metropolis–Hastings prompt sampler, used only when the
-            model has right-to-left layers (see `prompting.py`).
+        prompt_proposals (`int`), prompt_mcmc_steps (`int`): with a prompt and right-to-left layers, the
+            candidates of the importance-resampled start (drawn in parallel) and the Metropolis–Hastings moves after
+            it (each one more sequential inversion); see `prompting.py`. Unused otherwise.
         seed (`int`, *optional*): seeds a private generator, so samples are reproducible without touching the
             global RNG.
         output_hidden_states (`bool`), return_dict_in_generate (`bool`): return a `TarFlowGenerateOutput` (with
@@ -49,22 +50,25 @@ class TarFlowGenerationConfig(GenerationConfig):
         self.jacobi_block_size = kwargs.pop("jacobi_block_size", 16)
         self.jacobi_max_iterations = kwargs.pop("jacobi_max_iterations", None)
         self.jacobi_tolerance = kwargs.pop("jacobi_tolerance", 1e-4)
-        self.prompt_refinement_steps = kwargs.pop("prompt_refinement_steps", 4)
+        self.prompt_proposals = kwargs.pop("prompt_proposals", 8)
+        self.prompt_mcmc_steps = kwargs.pop("prompt_mcmc_steps", 4)
         super().__init__(**kwargs)
 
     def validate(self, strict=False, **kwargs):
         # Every draw of u gives a different sequence, so several return sequences are meaningful with an argmax
-        # final decode too, and τ scales the base noise, not logits: hide the two from the base class's checks.
-        with _hidden(self, "num_return_sequences", "temperature"):
+        # final decode too; τ scales the base noise, not logits; hidden states alone already ask for an output
+        # object: hide the three from the base class's checks, which assume an autoregressive token sampler.
+        with _hidden(self, "num_return_sequences", "temperature", "output_hidden_states"):
             super().validate(strict, **kwargs)
         if self.temperature is not None and not self.temperature >= 0:
             raise ValueError(f"temperature must be ≥ 0 (it scales the base noise u), got {self.temperature}")
         if self.decoding not in DECODINGS:
             raise ValueError(f"decoding must be one of {DECODINGS}, got {self.decoding!r}")
-        for name in ("jacobi_block_size", "prompt_refinement_steps", "jacobi_max_iterations"):
+        for name, least in (("jacobi_block_size", 1), ("jacobi_max_iterations", 1), ("prompt_proposals", 1),
+                            ("prompt_mcmc_steps", 0)):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise ValueError(f"{name} must be an integer ≥ {least}, got {value!r}")
         if not self.jacobi_tolerance >= 0:
             raise ValueError(f"jacobi_tolerance must be ≥ 0, got {self.jacobi_tolerance!r}")
 
@@ -100,14 +104,17 @@ class TarFlowGenerateOutput(ModelOutput):
             of the final z.
         root_iterations (`list[int]`): root-finder iterations of each inverse layer's slowest entry (layer L first).
         fixed_point_iterations (`tuple[list[int], ...]`): Jacobi iterations per block, per layer (layer L first).
+        prompt_effective_sample_size (`torch.FloatTensor` of shape `(batch,)`, *optional*): of the importance
+            weights of the prompt sampler's start, out of `prompt_proposals` (prompts with right-to-left layers).
         prompt_acceptance (`torch.FloatTensor` of shape `(batch,)`, *optional*): the fraction of accepted
-            Metropolis–Hastings moves per sequence (prompts with right-to-left layers only).
+            Metropolis–Hastings moves per sequence (prompts with right-to-left layers and `prompt_mcmc_steps` > 0).
     """
 
     sequences: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     root_iterations: list[int] | None = None
     fixed_point_iterations: tuple[list[int], ...] | None = None
+    prompt_effective_sample_size: torch.FloatTensor | None = None
     prompt_acceptance: torch.FloatTensor | None = None
 
 
@@ -123,28 +130,30 @@ def generate_tokens(model, input_ids: torch.LongTensor | None, config: TarFlowGe
     temperature = config.temperature if config.temperature is not None else 1.0
     u = temperature * _base_noise(noise, (batch, length, model.config.latent_dim), model, generator)
     if prompt is None:
-        inversion, acceptance = model.flow.inverse_with_details(u, decoding=config.layer_decoding()), None
+        inversion, sample = model.flow.inverse_with_details(u, decoding=config.layer_decoding()), None
         z_new, hidden_states = inversion.z, inversion.hidden_states
     else:
         prompt = prompt.repeat_interleave(repeats, dim=0)
         prompt_z = model.codebook.sample(prompt, _standard_normal(prompt.shape + (model.config.latent_dim,),
                                                                   u, generator))
         sample = sample_continuation(model.flow, prompt_z.to(u.dtype), u, config.layer_decoding(), temperature,
-                                     config.prompt_refinement_steps, generator)
-        inversion, acceptance, z_new = sample.inversion, sample.acceptance, sample.z[:, prompt.shape[1]:]
+                                     config.prompt_proposals, config.prompt_mcmc_steps, generator)
+        inversion, z_new = sample.inversion, sample.z[:, prompt.shape[1]:]
         hidden_states = model.flow.forward_layers(sample.z)[2][::-1] if config.output_hidden_states else None
     new_ids = decode_tokens(model.decode(z_new), bool(config.do_sample), generator)
     sequences = new_ids if prompt is None else torch.cat([prompt, new_ids], dim=1)
     if not (config.return_dict_in_generate or config.output_hidden_states):
         return sequences
-    return _output(sequences, inversion, hidden_states if config.output_hidden_states else None, acceptance)
+    return _output(sequences, inversion, hidden_states if config.output_hidden_states else None, sample)
 
 
-def _output(sequences, inversion: FlowInversion, hidden_states, acceptance) -> TarFlowGenerateOutput:
+def _output(sequences, inversion: FlowInversion, hidden_states, sample: PromptedSample | None
+            ) -> TarFlowGenerateOutput:
     return TarFlowGenerateOutput(
         sequences=sequences, hidden_states=None if hidden_states is None else tuple(hidden_states),
         root_iterations=list(inversion.iterations), fixed_point_iterations=inversion.fixed_point_iterations,
-        prompt_acceptance=acceptance)
+        prompt_effective_sample_size=None if sample is None else sample.effective_sample_size,
+        prompt_acceptance=None if sample is None else sample.acceptance)
 
 
 def _checked_prompt(input_ids, model_config) -> torch.LongTensor | None:

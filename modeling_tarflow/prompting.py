@@ -7,22 +7,30 @@ conditional p_τ(z_{>m} | z_{≤m} = c), where p_τ is the flow's push-forward o
 prompt, so one forward pass of c gives every layer's input over the prompt; inverting the continuation patch by
 patch, each layer conditioned on its own prompt prefix (its KV cache prefilled with it), is exact ancestral sampling.
 
-**With right-to-left layers: Metropolis–Hastings.** A right-to-left layer's output over the prompt depends on the
-continuation, so the prompt prefixes of the layers above it are unknown until the continuation is. The *proposal*
-q_r(z_{>m}) takes prefixes r (every layer's input over the prompt, from the forward pass of the current state
-[c, z_{>m}]) as if known, draws ε ~ N(0, τ²I) and inverts the continuation exactly as in the left-to-right case (a
-right-to-left layer inverts the continuation without reading the prompt, which comes after it in its order). Its
-density is tractable: the *clamped* forward pass — each layer reading the prefix r before the continuation — maps
-z_{>m} back to ε, so log q_r(z_{>m}) = log N(ε; 0, τ²I) + Σ_ℓ log|det| over the continuation's patches. The
-proposal depends on the current state through r, and the move z → z' is accepted with probability
+**With right-to-left layers: importance resampling, then Metropolis–Hastings.** A right-to-left layer's output
+over the prompt depends on the continuation, so the prompt prefixes of the layers above it are unknown until the
+continuation is. The *proposal* q_r(z_{>m}) takes prefixes r (every layer's input over the prompt) as if known,
+draws ε ~ N(0, τ²I) and inverts the continuation exactly as in the left-to-right case (a right-to-left layer
+inverts the continuation without reading the prompt, which comes after it in its order). Its density is tractable:
+the *clamped* forward pass — each layer reading the prefix r before the continuation — maps z_{>m} back to ε, so
+log q_r(z_{>m}) = log N(ε; 0, τ²I) + Σ_ℓ log|det| over the continuation's patches. Then
 
-    min(1, p_τ(c, z') q_{r(z')}(z) / (p_τ(c, z) q_{r(z)}(z'))),
+1. *Start*: `proposals` candidates per sequence, drawn in parallel from q_{r0} with r0 the prefixes of [c, 0], are
+   weighted by p_τ(c, z) / q_{r0}(z) and one is resampled (sampling importance resampling: exact as the number of
+   candidates grows; parallel candidates cost little where sampling is bound by per-step overhead).
+2. *Moves*: `mcmc_steps` Metropolis–Hastings moves, each proposing from q_{r(z)} with the prefixes r(z) of the
+   current state [c, z] and accepting with probability
 
-so the chain's stationary law is exactly p_τ(z_{>m} | c). Each step costs one sequential inversion of the
-continuation and three parallel forward passes. The first proposal, from the prefixes of [c, 0], starts the chain;
-`refinement_steps` − 1 Metropolis–Hastings moves follow. Without right-to-left layers r does not depend on the state,
-q_r is the exact conditional and every move would be accepted (log α = 0), so one proposal is the answer. With
-τ = 0 the proposal is deterministic and each step is a plain fixed-point refinement of the prefixes.
+       min(1, p_τ(c, z') q_{r(z')}(z) / (p_τ(c, z) q_{r(z)}(z'))),
+
+   which leaves p_τ(z_{>m} | c) exactly invariant. Each costs one sequential inversion of the continuation and
+   three parallel forward passes.
+
+Without right-to-left layers r does not depend on the continuation, q_r is the exact conditional, every weight is
+equal and every move would be accepted (log α = 0), so one proposal is the answer. With τ = 0 there is no
+randomness to correct: one proposal from r0 is returned. A single proposal with no correction (`proposals=1`,
+`mcmc_steps=0`) is fast but biased; `TarFlowGenerateOutput` reports the effective sample size of the start and the
+fraction of accepted moves.
 """
 
 from __future__ import annotations
@@ -36,17 +44,19 @@ from .flow import FlowInversion, FlowStack
 
 
 class PromptedSample(NamedTuple):
-    """The latents z (B, m + n, d) of prompt and continuation, the last proposal's inversion details, and the
-    fraction of Metropolis–Hastings moves accepted per sequence (None when no right-to-left layer needs them)."""
+    """The latents z (B, m + n, d) of prompt and continuation, the last inversion's details, and per sequence the
+    effective sample size of the importance-resampled start and the fraction of accepted Metropolis–Hastings moves
+    (both None when no right-to-left layer needs them)."""
 
     z: torch.Tensor
     inversion: FlowInversion
+    effective_sample_size: torch.Tensor | None
     acceptance: torch.Tensor | None
 
 
 class _ChainState(NamedTuple):
-    """A state of the chain: the continuation, every layer's input over the prompt (the prefixes r of the
-    proposal from this state), and log p_τ(c, z_{>m}) up to a constant."""
+    """Continuations (B, n, d), every layer's input over the prompt (the prefixes r of a proposal from this state),
+    and log p_τ(c, z_{>m}) up to a constant."""
 
     continuation: torch.Tensor
     prefixes: list[torch.Tensor]
@@ -56,33 +66,57 @@ class _ChainState(NamedTuple):
 @torch.no_grad()
 def sample_continuation(flow: FlowStack, prompt_z: torch.Tensor, noise: torch.Tensor,
                         decoding: SequentialDecoding | JacobiDecoding, temperature: float = 1.0,
-                        refinement_steps: int = 4, generator: torch.Generator | None = None) -> PromptedSample:
+                        proposals: int = 8, mcmc_steps: int = 4,
+                        generator: torch.Generator | None = None) -> PromptedSample:
     """z (B, m + n, d) = [c, z_{>m}] with z_{>m} ~ p_τ(z_{>m} | c) (see the module docstring).
 
     Args:
         prompt_z: c, the prompt's latents (B, m, d), m a multiple of the patch size.
-        noise: the first proposal's base noise ε ~ N(0, τ²I), already scaled by τ: (B, n, d).
-        refinement_steps: proposals made when right-to-left layers are present (≥ 1).
+        noise: base noise ε ~ N(0, τ²I), already scaled by τ, (B, n, d): the (first) proposal's.
+        proposals, mcmc_steps: candidates of the importance-resampled start, and Metropolis–Hastings moves after
+            it (used only when right-to-left layers are present).
     """
     if not flow.has_right_to_left:
         prefixes = flow.forward_by_patch(prompt_z).layer_inputs   # the prompt's own, whatever follows it
         inversion = flow.inverse_with_details(noise, prefixes, decoding)
-        return PromptedSample(torch.cat([prompt_z, inversion.z], dim=1), inversion, None)
-    state = _chain_state(flow, prompt_z, torch.zeros_like(noise), temperature)
+        return PromptedSample(torch.cat([prompt_z, inversion.z], dim=1), inversion, None, None)
+    start = _chain_state(flow, prompt_z, torch.zeros_like(noise), temperature)
+    if temperature == 0:
+        inversion = flow.inverse_with_details(noise, start.prefixes, decoding)
+        return PromptedSample(torch.cat([prompt_z, inversion.z], dim=1), inversion, None, None)
+    state, inversion, effective = _importance_resampled_start(flow, prompt_z, noise, start.prefixes, decoding,
+                                                              temperature, proposals, generator)
     accepted = torch.zeros(noise.shape[0], device=noise.device)
-    for step in range(refinement_steps):
-        proposal_noise = noise if step == 0 else temperature * torch.randn(
-            noise.shape, generator=generator, device=noise.device, dtype=noise.dtype)
-        inversion = flow.inverse_with_details(proposal_noise, state.prefixes, decoding)
+    for _ in range(mcmc_steps):
+        inversion = flow.inverse_with_details(_noise_like(noise, temperature, generator), state.prefixes, decoding)
         proposal = _chain_state(flow, prompt_z, inversion.z, temperature)
-        if step == 0 or temperature == 0:   # the first proposal starts the chain; τ = 0 has no randomness to correct
-            state = proposal
-            continue
         accept = _metropolis_hastings(flow, state, proposal, temperature, generator)
         state = _select(accept, proposal, state)
         accepted += accept.to(accepted.dtype)
-    acceptance = accepted / max(refinement_steps - 1, 1)
-    return PromptedSample(torch.cat([prompt_z, state.continuation], dim=1), inversion, acceptance)
+    acceptance = accepted / mcmc_steps if mcmc_steps else None
+    return PromptedSample(torch.cat([prompt_z, state.continuation], dim=1), inversion, effective, acceptance)
+
+
+def _importance_resampled_start(flow, prompt_z, noise, prefixes, decoding, temperature, proposals, generator):
+    """K = `proposals` candidates per sequence from q_{r0} (the first from `noise`), one resampled by the weights
+    p_τ(c, z) / q_{r0}(z); returns it as a chain state, the inversion, and the weights' effective sample size."""
+    batch = noise.shape[0]
+    extra = [_noise_like(noise, temperature, generator) for _ in range(proposals - 1)]
+    candidate_noise = torch.stack([noise, *extra], dim=1).flatten(0, 1)                 # (B·K, n, d)
+    repeated_prefixes = [x.repeat_interleave(proposals, dim=0) for x in prefixes]
+    inversion = flow.inverse_with_details(candidate_noise, repeated_prefixes, decoding)
+    candidates = _chain_state(flow, prompt_z.repeat_interleave(proposals, dim=0), inversion.z, temperature)
+    log_weights = candidates.log_joint - _proposal_log_prob(flow, inversion.z, repeated_prefixes, temperature)
+    weights = torch.softmax(log_weights.double().view(batch, proposals), dim=-1)
+    chosen = torch.multinomial(weights, 1, generator=generator).squeeze(-1) + proposals * torch.arange(
+        batch, device=weights.device)
+    state = _ChainState(candidates.continuation[chosen], [x[chosen] for x in candidates.prefixes],
+                        candidates.log_joint[chosen])
+    return state, inversion, 1.0 / weights.square().sum(-1)
+
+
+def _noise_like(noise: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    return temperature * torch.randn(noise.shape, generator=generator, device=noise.device, dtype=noise.dtype)
 
 
 def _chain_state(flow: FlowStack, prompt_z: torch.Tensor, continuation: torch.Tensor,
