@@ -9,6 +9,7 @@ Mixture math runs in float32 or wider, outside autocast (see `mixtures.mixture_d
 from __future__ import annotations
 
 import abc
+import contextlib
 
 import torch
 from torch import nn
@@ -20,8 +21,10 @@ from .mixtures import mixture_cdf_transform, mixture_dtype, mixture_inverse_cdf,
 
 def _full_precision(*tensors: torch.Tensor):
     """Upcast to the mixture dtype and leave autocast, so bf16 training never reaches the CDF arithmetic."""
-    dtype = mixture_dtype(*tensors)
-    context = torch.autocast(tensors[0].device.type, enabled=False)
+    dtype, device_type = mixture_dtype(*tensors), tensors[0].device.type
+    # entering a disabled autocast costs microseconds, which add up over the inverse's many small calls
+    enabled = torch.is_autocast_enabled(device_type)
+    context = torch.autocast(device_type, enabled=False) if enabled else contextlib.nullcontext()
     return context, [t.to(dtype) for t in tensors]
 
 
@@ -49,13 +52,12 @@ class ElementwiseCoupling(nn.Module, metaclass=abc.ABCMeta):
         if not self.head.autoregressive:
             return self._invert_full_precision(u, self.head(features))
         # MAF head: channel i needs h_{<i}, so the channels are recovered one after another.
-        context = self.head.context(features)
+        head = self.head.channel_by_channel(features)
         channels, iterations = [], 0
         for i in range(u.shape[-1]):
-            known = torch.stack(channels, dim=-1) if channels else None
-            params = self.head.channel_params(context, known, i).unsqueeze(-2)
-            h_i, used = self._invert_full_precision(u[..., i:i + 1], params)
+            h_i, used = self._invert_full_precision(u[..., i:i + 1], head.params(i).unsqueeze(-2))
             channels.append(h_i[..., 0].to(u.dtype))
+            head.observe(i, channels[-1])
             iterations = max(iterations, used)
         return torch.stack(channels, dim=-1), iterations
 

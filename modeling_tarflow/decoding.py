@@ -47,11 +47,16 @@ def _prefill(conditioner: CausalConditioner, prefix: torch.Tensor | None, cache:
 class _CachedFeatures:
     """f_t from one transformer step per patch; the earlier patches' keys and values stay in a `KVCache`."""
 
-    def __init__(self, conditioner: CausalConditioner, y: torch.Tensor, prefix: torch.Tensor | None):
-        self.conditioner, self.batch_size = conditioner, y.shape[0]
-        self.cache = _new_cache(conditioner, y, prefix)
-        self.previous = _prefill(conditioner, prefix, self.cache)
-        self.position = 0 if prefix is None else prefix.shape[1]
+    def __init__(self, conditioner: CausalConditioner, cache: KVCache, previous: torch.Tensor | None,
+                 position: int, batch_size: int):
+        self.conditioner, self.cache, self.batch_size = conditioner, cache, batch_size
+        self.previous, self.position = previous, position
+
+    @classmethod
+    def after_prefix(cls, conditioner: CausalConditioner, y: torch.Tensor, prefix: torch.Tensor | None):
+        cache = _new_cache(conditioner, y, prefix)
+        previous = _prefill(conditioner, prefix, cache)
+        return cls(conditioner, cache, previous, 0 if prefix is None else prefix.shape[1], y.shape[0])
 
     def next(self) -> torch.Tensor:
         previous = None if self.previous is None else self.previous.to(_network_dtype(self.conditioner))
@@ -69,12 +74,27 @@ class _RecomputedFeatures:
         self.known = [] if prefix is None else [prefix]
         self.unread = y.new_zeros(y.shape[0], 1, y.shape[-1])   # a sequence's last patch is never read
 
+    @classmethod
+    def after_prefix(cls, conditioner: CausalConditioner, y: torch.Tensor, prefix: torch.Tensor | None):
+        return cls(conditioner, y, prefix)
+
     def next(self) -> torch.Tensor:
         sequence = torch.cat([*self.known, self.unread], dim=1).to(_network_dtype(self.conditioner))
         return self.conditioner(sequence)[:, -1:]
 
     def observe(self, patch: torch.Tensor) -> None:
         self.known.append(patch)
+
+
+def _invert_patch_by_patch(coupling, y: torch.Tensor, features) -> tuple[torch.Tensor, int]:
+    """h_t = τ⁻¹(y_t; f_t) for t = 0, 1, ..: the exact triangular solve, features from `features`."""
+    patches, iterations = [], 0
+    for t in range(y.shape[1]):
+        patch, used = coupling.inverse(y[:, t:t + 1], features.next())
+        features.observe(patch)
+        patches.append(patch)
+        iterations = max(iterations, used)
+    return torch.cat(patches, dim=1).to(y.dtype), iterations
 
 
 @dataclass(frozen=True)
@@ -87,14 +107,8 @@ class SequentialDecoding:
 
     def invert(self, conditioner: CausalConditioner, coupling, y: torch.Tensor,
                prefix: torch.Tensor | None = None) -> LayerInversion:
-        features = (_CachedFeatures if self.use_cache else _RecomputedFeatures)(conditioner, y, prefix)
-        patches, iterations = [], 0
-        for t in range(y.shape[1]):
-            patch, used = coupling.inverse(y[:, t:t + 1], features.next())
-            features.observe(patch)
-            patches.append(patch)
-            iterations = max(iterations, used)
-        return LayerInversion(torch.cat(patches, dim=1).to(y.dtype), iterations, [])
+        features = (_CachedFeatures if self.use_cache else _RecomputedFeatures).after_prefix(conditioner, y, prefix)
+        return LayerInversion(*_invert_patch_by_patch(coupling, y, features), [])
 
 
 @dataclass(frozen=True)
@@ -107,40 +121,48 @@ class JacobiDecoding:
     The first k patches of a block are exact after k iterations, so with `max_iterations = block_size` and
     tolerance 0 this is the exact inverse; with a tolerance it stops early, trading a small drift from the
     sequential sample for fewer sequential steps. Finished blocks fill the cache for the next.
+
+    A layer whose inverse is close to a discrete choice (a Mix-d layer over a narrow codebook) barely contracts:
+    its blocks need about as many iterations as patches, each iteration costing a whole block. Once a block needs
+    more than `fallback_fraction` of its size, the rest of that layer is decoded patch by patch (its count is then
+    reported as one block of as many iterations as patches).
     """
 
     block_size: int = 16
     max_iterations: int | None = None
     tolerance: float = 1e-4
+    fallback_fraction: float = 0.5
 
     def invert(self, conditioner: CausalConditioner, coupling, y: torch.Tensor,
                prefix: torch.Tensor | None = None) -> LayerInversion:
-        cache = _new_cache(conditioner, y, prefix)
-        previous = _prefill(conditioner, prefix, cache)
-        offset = 0 if prefix is None else prefix.shape[1]
+        features = _CachedFeatures.after_prefix(conditioner, y, prefix)
         blocks, root_iterations, block_iterations = [], 0, []
         for start in range(0, y.shape[1], self.block_size):
-            h, iterations, used = self._solve_block(conditioner, coupling, y[:, start:start + self.block_size],
-                                                    previous, offset + start, cache)
-            blocks.append(h)
-            previous = h[:, -1:]
-            root_iterations, block_iterations = max(root_iterations, used), block_iterations + [iterations]
+            if block_iterations and block_iterations[-1] > self.fallback_fraction * self.block_size:
+                h, used = _invert_patch_by_patch(coupling, y[:, start:], features)
+                blocks, block_iterations = blocks + [h], block_iterations + [h.shape[1]]
+                root_iterations = max(root_iterations, used)
+                break
+            h, iterations, used = self._solve_block(coupling, y[:, start:start + self.block_size], features)
+            blocks, block_iterations = blocks + [h], block_iterations + [iterations]
+            root_iterations = max(root_iterations, used)
         return LayerInversion(torch.cat(blocks, dim=1).to(y.dtype), root_iterations, block_iterations)
 
-    def _solve_block(self, conditioner, coupling, y, previous, position, cache):
-        """Fixed-point iteration for one block at `position`; the initial guess is h = y (the identity map)."""
-        h, root_iterations = y, 0
-        first = previous if previous is not None else y.new_zeros(y.shape[0], 1, y.shape[-1])
-        max_iterations = self.max_iterations or y.shape[1]
-        for iteration in range(1, max_iterations + 1):
+    def _solve_block(self, coupling, y: torch.Tensor, features: _CachedFeatures):
+        """Fixed-point iteration for the block starting at `features.position`; the initial guess is h = y (the
+        identity map). Leaves `features` after the block."""
+        h, root_iterations, conditioner = y, 0, features.conditioner
+        first = features.previous if features.previous is not None else y.new_zeros(y.shape[0], 1, y.shape[-1])
+        for iteration in range(1, (self.max_iterations or y.shape[1]) + 1):
             shifted = torch.cat([first, h[:, :-1]], dim=1).to(_network_dtype(conditioner))
-            features = conditioner.step(shifted, position, cache, y.shape[0])
-            h_next, used = coupling.inverse(y, features)
+            h_next, used = coupling.inverse(y, conditioner.step(shifted, features.position, features.cache,
+                                                                y.shape[0]))
             root_iterations = max(root_iterations, used)
             change = (h_next - h).abs().max()
             h = h_next.to(y.dtype)
             if iteration == y.shape[1] or bool(change <= self.tolerance):
                 break
+        features.previous, features.position = h[:, -1:], features.position + y.shape[1]
         return h, iteration, root_iterations
 
 

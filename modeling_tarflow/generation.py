@@ -32,7 +32,9 @@ class TarFlowGenerationConfig(GenerationConfig):
         decoding (`str`): `"sequential"` (exact, default) or `"jacobi"` (parallel fixed-point iteration per block of
             patches, stopping at `jacobi_tolerance`; see `decoding.JacobiDecoding`).
         jacobi_block_size (`int`), jacobi_max_iterations (`int`, *optional*: default the block size, which makes
-            the iteration exact), jacobi_tolerance (`float`: max change of a latent between iterations).
+            the iteration exact), jacobi_tolerance (`float`: max change of a latent between iterations),
+            jacobi_fallback_fraction (`float`: a layer whose block needs more iterations than this fraction of its
+            size finishes patch by patch).
         prompt_proposals (`int`), prompt_mcmc_steps (`int`): with a prompt and right-to-left layers, the
             candidates of the importance-resampled start (drawn in parallel) and the Metropolis–Hastings moves after
             it (each one more sequential inversion); see `prompting.py`. Unused otherwise.
@@ -50,6 +52,7 @@ class TarFlowGenerationConfig(GenerationConfig):
         self.jacobi_block_size = kwargs.pop("jacobi_block_size", 16)
         self.jacobi_max_iterations = kwargs.pop("jacobi_max_iterations", None)
         self.jacobi_tolerance = kwargs.pop("jacobi_tolerance", 1e-4)
+        self.jacobi_fallback_fraction = kwargs.pop("jacobi_fallback_fraction", 0.5)
         self.prompt_proposals = kwargs.pop("prompt_proposals", 8)
         self.prompt_mcmc_steps = kwargs.pop("prompt_mcmc_steps", 4)
         super().__init__(**kwargs)
@@ -69,13 +72,15 @@ class TarFlowGenerationConfig(GenerationConfig):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
                 raise ValueError(f"{name} must be an integer ≥ {least}, got {value!r}")
-        if not self.jacobi_tolerance >= 0:
-            raise ValueError(f"jacobi_tolerance must be ≥ 0, got {self.jacobi_tolerance!r}")
+        for name in ("jacobi_tolerance", "jacobi_fallback_fraction"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)!r}")
 
     def layer_decoding(self) -> SequentialDecoding | JacobiDecoding:
         """The strategy that inverts each flow layer over its patches."""
         if self.decoding == "jacobi":
-            return JacobiDecoding(self.jacobi_block_size, self.jacobi_max_iterations, self.jacobi_tolerance)
+            return JacobiDecoding(self.jacobi_block_size, self.jacobi_max_iterations, self.jacobi_tolerance,
+                                  self.jacobi_fallback_fraction)
         return SequentialDecoding(use_cache=self.use_cache is not False)
 
 

@@ -67,22 +67,37 @@ class MaskedAutoregressiveHead(nn.Module):
         hidden = F.gelu(self.context(features) + recurrent).unflatten(-1, (self.channels, -1))
         return torch.einsum("...cb,cbn->...cn", hidden, self.out_weight) + self.out_bias
 
-    def channel_params(self, context: torch.Tensor, known: torch.Tensor | None, channel: int) -> torch.Tensor:
-        """θ_i of channel i = `channel` alone, (..., n): the per-channel step of the inverse, which recovers the
-        channels one after another and so needs only row i of `forward`, not all c rows each time.
-
-        `context` is `self.context(features)` (computed once per position); `known` holds h_{<i}, (..., i)
-        (None for i = 0). Equal to `forward(features, h)[..., i, :]` up to float summation order.
-        """
-        block = slice(channel * self.block_size, (channel + 1) * self.block_size)
-        pre_activation = context[..., block]
-        if known is not None:
-            values = torch.stack([known, F.elu(known), F.elu(-known)], dim=-1).to(self.embed_weight.dtype)
-            embedded = torch.einsum("...ci,cie->...ce", values, self.embed_weight[:channel])
-            embedded = F.gelu(embedded + self.embed_bias[:channel])
-            weight = self.recurrent.weight[block, :channel * self.embed_size]   # unmasked: all j < i are allowed
-            pre_activation = pre_activation + F.linear(embedded.flatten(-2), weight)
-        return F.gelu(pre_activation) @ self.out_weight[channel] + self.out_bias[channel]
+    def channel_by_channel(self, features: torch.Tensor) -> "ChannelByChannel":
+        """The parameters one channel at a time, for the inverse (which recovers the channels in order)."""
+        return ChannelByChannel(self, features)
 
 
-__all__ = ["LinearHead", "MaskedAutoregressiveHead"]
+class ChannelByChannel:
+    r"""θ_i of a `MaskedAutoregressiveHead` for i = 0, 1, .., c − 1, given the channels observed so far.
+
+    Each observed channel j is embedded once and its recurrent contribution W_{:, j} e_j added to every hidden
+    block's pre-activation; block i is read before channel i is observed, so it has summed exactly the channels
+    j < i that the mask allows. Equal to `forward(features, h)[..., i, :]` up to float summation order, with O(c)
+    instead of O(c²) work over the c steps.
+    """
+
+    def __init__(self, head: MaskedAutoregressiveHead, features: torch.Tensor):
+        self.head = head
+        self.pre_activation = head.context(features)                     # (..., c·D/2)
+
+    def params(self, channel: int) -> torch.Tensor:
+        """θ_i, (..., n)."""
+        head, size = self.head, self.head.block_size
+        hidden = F.gelu(self.pre_activation[..., channel * size:(channel + 1) * size])
+        return hidden @ head.out_weight[channel] + head.out_bias[channel]
+
+    def observe(self, channel: int, h: torch.Tensor) -> None:
+        """Record h_i, (...,)."""
+        head, size = self.head, self.head.embed_size
+        values = torch.stack([h, F.elu(h), F.elu(-h)], dim=-1).to(head.embed_weight.dtype)
+        embedded = F.gelu(values @ head.embed_weight[channel] + head.embed_bias[channel])
+        weight = head.recurrent.weight[:, channel * size:(channel + 1) * size]
+        self.pre_activation = self.pre_activation + F.linear(embedded, weight)
+
+
+__all__ = ["LinearHead", "MaskedAutoregressiveHead", "ChannelByChannel"]

@@ -108,7 +108,7 @@ def mixture_inverse_cdf(u: torch.Tensor, log_w: torch.Tensor, mean: torch.Tensor
 
     is increasing; its tolerance is `tolerance` in probit units, |Φ⁻¹(F(z)) − u| ≈ |g|·Φ(u)/φ(u). The bracket
     [min_k(m_k − c s_k), max_k(m_k + c s_k)] with c = |u| + 1 always holds the root, because every component puts
-    mass ≤ Φ(−c) beyond it. Newton starts from the better of two guesses (`quantile_guesses`).
+    mass ≤ Φ(−c) beyond it. Newton starts from the better of the guesses of `quantile_guesses`.
     """
     mirror = torch.copysign(torch.ones_like(u), -u)                        # −1 where u > 0
     u = -u.abs()
@@ -136,32 +136,40 @@ def mixture_inverse_cdf(u: torch.Tensor, log_w: torch.Tensor, mean: torch.Tensor
 @torch.no_grad()
 def quantile_guesses(u: torch.Tensor, log_target: torch.Tensor, mirror: torch.Tensor, log_w: torch.Tensor,
                      mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Two guesses (2, ...) for the root of the mirrored problem of `mixture_inverse_cdf`, F'(z') = p with
-    p = Φ(u) = exp(log_target) ≤ ½ and F' the mixture with means `mirror`·m: each is good where the other is poor.
+    """Guesses (C, ...) for the root of the mirrored problem of `mixture_inverse_cdf`, F'(z') = p with
+    p = Φ(u) = exp(log_target) ≤ ½ and F' the mixture with means `mirror`·m:
 
-    - Staircase, exact when the components do not overlap (a trained tied codebook: narrow, far apart): with the
-      components sorted by mean and C_k their cumulative weight, p falls in the step of the component k with
-      C_{k−1} ≤ p < C_k, and the guess is that component's own quantile m_k + s_k Φ⁻¹((p − C_{k−1}) / w_k).
-    - Moment-matched, exact for a single Gaussian (overlapping components): mean + std · u.
-
-    The means are sorted in their own shape, so a codebook shared by all entries is sorted once; negating the means
-    of a mirrored entry reverses their order.
+    - moment-matched, exact for a single Gaussian: mean + std · u;
+    - staircase, exact when the components do not overlap (a trained tied codebook: narrow, far apart), computed
+      only when some entry's component means spread wider than its components (Var_w(m) > (Σ_k w_k s_k)²).
     """
     weight = torch.exp(log_w)
+    mix_mean = (weight * mean).sum(-1)
+    spread = (weight * mean.square()).sum(-1) - mix_mean.square()              # Var_w(m)
+    width = (weight * scale).sum(-1)
+    moment = mirror * mix_mean + (spread + (weight * scale.square()).sum(-1)).clamp_min(0).sqrt() * u
+    if not bool((spread > width.square()).any()):
+        return moment.unsqueeze(0)
+    return torch.stack([moment, _staircase_quantile(log_target, mirror, weight, mean, scale)])
+
+
+def _staircase_quantile(log_target: torch.Tensor, mirror: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
+                        scale: torch.Tensor) -> torch.Tensor:
+    """With components sorted by mean and C_k their cumulative weight, p falls in the step of the component k with
+    C_{k−1} ≤ p < C_k: the guess is that component's own quantile m_k + s_k Φ⁻¹((p − C_{k−1}) / w_k). The means
+    are sorted in their own shape, so a codebook shared by all entries is sorted once; negating the means of a
+    mirrored entry reverses their order."""
     sorted_mean, order = torch.sort(mean, dim=-1)
     mirrored = (mirror < 0).unsqueeze(-1)
-    order = torch.where(mirrored, order.flip(-1), order).expand(log_w.shape)
+    order = torch.where(mirrored, order.flip(-1), order).expand(weight.shape)
     sorted_mean = torch.where(mirrored, -sorted_mean.flip(-1), sorted_mean)
     sorted_weight = weight.gather(-1, order)
-    sorted_scale = scale.expand(log_w.shape).gather(-1, order)
     before = torch.cumsum(sorted_weight, dim=-1) - sorted_weight            # C_{k−1}
     target = torch.exp(log_target).unsqueeze(-1)
     k = ((before <= target).sum(-1, keepdim=True) - 1).clamp_min(0)
     inner = ((target - before.gather(-1, k)) / sorted_weight.gather(-1, k)).clamp(1e-30, 1 - 1e-7)
-    staircase = sorted_mean.expand(log_w.shape).gather(-1, k) + sorted_scale.gather(-1, k) * ndtri(inner)
-    mix_mean = (weight * mean).sum(-1)
-    mix_std = ((weight * (scale.square() + mean.square())).sum(-1) - mix_mean.square()).clamp_min(0).sqrt()
-    return torch.stack([staircase.squeeze(-1), mirror * mix_mean + mix_std * u])
+    step_scale = scale.expand(weight.shape).gather(-1, order).gather(-1, k)
+    return (sorted_mean.expand(weight.shape).gather(-1, k) + step_scale * ndtri(inner)).squeeze(-1)
 
 
 __all__ = [

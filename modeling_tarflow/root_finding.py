@@ -73,7 +73,7 @@ def solve_increasing(
         residual, slope = residual_and_slope(z)
         step = residual / slope
         if z.dim() > lower.dim():
-            z, residual, step = _closest_candidate(z, residual, step)
+            z, residual, step = _closest_candidate(z, residual, step) if len(z) > 1 else (z[0], residual[0], step[0])
         newton = z - step
         if bool(converged(z, residual, step).all()):
             return RootFindResult(newton, iteration, residual)

@@ -56,10 +56,19 @@ def test_jacobi_with_a_full_budget_and_zero_tolerance_is_the_exact_inverse(patch
     model = mixed_model(patch_size)
     u = torch.randn(2, 16, 3)
     sequential = model.flow.inverse(u)
-    inversion = model.flow.inverse_with_details(u, decoding=JacobiDecoding(block_size=4, tolerance=0.0))
+    exact = JacobiDecoding(block_size=4, tolerance=0.0, fallback_fraction=1.0)
+    inversion = model.flow.inverse_with_details(u, decoding=exact)
     assert torch.allclose(inversion.z, sequential, atol=1e-5, rtol=0)
     patches = 16 // patch_size
     assert all(counts == [4] * (patches // 4) for counts in inversion.fixed_point_iterations)
+
+
+def test_jacobi_falls_back_to_patch_by_patch_where_blocks_do_not_contract():
+    model = mixed_model(patch_size=1)
+    u = torch.randn(2, 16, 3)
+    inversion = model.flow.inverse_with_details(u, decoding=JacobiDecoding(block_size=4, tolerance=0.0))
+    assert all(counts == [4, 12] for counts in inversion.fixed_point_iterations)
+    assert torch.allclose(inversion.z, model.flow.inverse(u), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("block_size", [3, 8])
@@ -67,7 +76,8 @@ def test_jacobi_converges_to_the_sequential_sample_within_tolerance(block_size):
     model = mixed_model(patch_size=1)
     u = torch.randn(4, 16, 3)
     sequential = model.flow.inverse(u)
-    inversion = model.flow.inverse_with_details(u, decoding=JacobiDecoding(block_size, tolerance=1e-6))
+    decoding = JacobiDecoding(block_size, tolerance=1e-6, fallback_fraction=1.0)
+    inversion = model.flow.inverse_with_details(u, decoding=decoding)
     assert (inversion.z - sequential).abs().max().item() < 1e-4
     assert all(1 <= count <= block_size for counts in inversion.fixed_point_iterations for count in counts)
     greedy = dict(max_new_tokens=16, num_return_sequences=4, seed=2, do_sample=False)
