@@ -5,15 +5,18 @@ Each measurement is a real `training/run.py` process on the shipped corpus (data
 logging included; validation, checkpoints and start-up excluded: the figures come from the run's own
 ``train/tokens_per_second`` log, whose clock stops outside the optimizer steps). The first log window of every
 stage is dropped (warm-up). Configurations run interleaved, `--rounds` times; the best round is reported, since
-background load only ever slows a round down.
+background load only ever slows a round down. Each run uses `--threads` CPU threads (``OMP_NUM_THREADS``; 1 is
+what ``accelerate launch`` gives a CPU run by default, and is immune to the stalls that several threads suffer when
+another process shares the cores).
 
-    python bench/train_throughput.py [--steps_per_stage 10] [--rounds 2]
+    python bench/train_throughput.py [--steps_per_stage 10] [--rounds 3] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -35,18 +38,25 @@ CONFIGURATIONS = {
 }
 
 
-def run_flags(configuration: str, model: str, steps_per_stage: int, output_dir: Path) -> list[str]:
-    num_stages = 1 if model == "gpt2" else 3
-    return [*CONFIGURATIONS[configuration], "--model", model, "--output_dir", str(output_dir),
-            "--max_steps", str(steps_per_stage * num_stages), "--stage_fractions", "1", "1", "1",
+# TarFlowLM progressive (stage 1: flow layer 1; stage 2: layer 2 trained on frozen layer 1; stage 3: layer 3 on
+# frozen 1-2), TarFlowLM joint (every layer trained: the same work per step as the baseline), and the baseline.
+RUNS = {"tarflow": ["--model", "tarflow", "--stage_flow_layers", "1", "2", "3", "--stage_fractions", "1", "1", "1"],
+        "tarflow_joint": ["--model", "tarflow", "--stage_flow_layers", "3"],
+        "gpt2": ["--model", "gpt2"]}
+
+
+def run_flags(configuration: str, run: str, steps_per_stage: int, output_dir: Path) -> list[str]:
+    num_stages = 3 if run == "tarflow" else 1
+    return [*CONFIGURATIONS[configuration], *RUNS[run], "--output_dir", str(output_dir),
+            "--max_steps", str(steps_per_stage * num_stages),
             "--warmup_steps", "2", "--logging_steps", str(LOG_WINDOW_STEPS), "--eval_steps", "100000",
             "--save_steps", "0", "--max_eval_blocks", "8", "--num_samples", "0", "--report_to", "none"]
 
 
-def measure_run(flags: list[str], output_dir: Path) -> dict:
+def measure_run(flags: list[str], output_dir: Path, threads: int) -> dict:
     """Tokens per second of one training process, overall and per progressive stage."""
     done = subprocess.run([sys.executable, str(REPO / "training" / "run.py"), *flags], cwd=REPO,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     if done.returncode != 0:
         raise RuntimeError(f"training/run.py {' '.join(flags)} failed:\n{done.stderr[-3000:]}")
     windows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
@@ -66,41 +76,44 @@ def best_round(rounds: list[dict]) -> dict:
     return {**best, "rounds_tokens_per_second": [measured["tokens_per_second"] for measured in rounds]}
 
 
-def measure(steps_per_stage: int, num_rounds: int) -> dict:
+def measure(steps_per_stage: int, num_rounds: int, threads: int) -> dict:
     rounds: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="train-throughput-") as scratch:
         for index in range(num_rounds):
             for configuration in CONFIGURATIONS:
-                for model in ("tarflow", "gpt2"):
-                    output_dir = Path(scratch) / f"{configuration}-{model}-{index}"
-                    flags = run_flags(configuration, model, steps_per_stage, output_dir)
-                    rounds.setdefault((configuration, model), []).append(measure_run(flags, output_dir))
-                    print(configuration, model, round(rounds[configuration, model][-1]["tokens_per_second"]),
+                for run in RUNS:
+                    output_dir = Path(scratch) / f"{configuration}-{run}-{index}"
+                    flags = run_flags(configuration, run, steps_per_stage, output_dir)
+                    rounds.setdefault((configuration, run), []).append(measure_run(flags, output_dir, threads))
+                    print(configuration, run, round(rounds[configuration, run][-1]["tokens_per_second"]),
                           "tokens/s", flush=True)
     return {configuration: summarize(configuration, rounds, steps_per_stage) for configuration in CONFIGURATIONS}
 
 
 def summarize(configuration: str, rounds: dict, steps_per_stage: int) -> dict:
-    tarflow, gpt2 = best_round(rounds[configuration, "tarflow"]), best_round(rounds[configuration, "gpt2"])
-    return {"flags": run_flags(configuration, "tarflow", steps_per_stage, Path("<output_dir>")),
-            "tarflow": tarflow, "gpt2": gpt2,
-            "ratio_tarflow_over_gpt2": tarflow["tokens_per_second"] / gpt2["tokens_per_second"],
-            "ratio_tarflow_all_layers_over_gpt2": tarflow["per_stage"]["3"] / gpt2["tokens_per_second"]}
+    best = {run: best_round(rounds[configuration, run]) for run in RUNS}
+    gpt2 = best["gpt2"]["tokens_per_second"]
+    return {"flags": {run: run_flags(configuration, run, steps_per_stage, Path("<output_dir>")) for run in RUNS},
+            **best, "ratio_over_gpt2": {run: best[run]["tokens_per_second"] / gpt2 for run in ("tarflow",
+                                                                                            "tarflow_joint")}}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps_per_stage", type=int, default=10,
                         help="optimizer steps per progressive stage (GPT-2 runs as many steps as one stage)")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions; the best one is reported")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; the best one is reported")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per training process")
     args = parser.parse_args(argv)
     print(json.dumps(vars(args)))
     payload = {
-        "description": "training/run.py tokens per second (all processes), TarFlowLM vs its --model gpt2 baseline "
-                       "of the same depth, width and vocabulary; per_stage: progressive stages 1-3 (flow layers "
-                       "1, 1-2, 1-3 in use); tokens_per_second: median over the steady log windows of all stages",
+        "description": "training/run.py tokens per second (all processes) of TarFlowLM trained progressively "
+                       "(per_stage 1-3: flow layers 1, 1-2, 1-3 in use, the earlier ones frozen, so stage 3 "
+                       "backpropagates through one flow layer only), TarFlowLM trained jointly (every layer, the "
+                       "same work per step as the baseline), and the --model gpt2 baseline of the same depth, width "
+                       "and vocabulary; tokens_per_second: median over the steady log windows of all stages",
         "settings": vars(args) | {"log_window_steps": LOG_WINDOW_STEPS},
-        "cpu": measure(args.steps_per_stage, args.rounds),
+        "cpu": measure(args.steps_per_stage, args.rounds, args.threads),
         "gpu": {"measured": False, "reason": "no GPU on the machine that ran this benchmark; run it on one "
                                              "(the text8 presets use --bf16) to fill this row"},
     }

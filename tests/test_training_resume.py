@@ -32,8 +32,12 @@ def run_command(output_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, str(REPO / "training" / "run.py"), *args]
 
 
+SINGLE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # as `accelerate launch` runs on a CPU; robust to other load
+
+
 def start(command: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=SINGLE_THREAD)
 
 
 def logged_steps(output_dir: Path) -> int:
@@ -67,7 +71,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path):
     assert_checkpoints_whole(interrupted)
     (interrupted / "checkpoints" / ".tmp-checkpoint-99").mkdir(parents=True, exist_ok=True)  # as a kill leaves
     resumed = subprocess.run(run_command(interrupted, "--resume_from_checkpoint", "latest"), cwd=REPO,
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, env=SINGLE_THREAD)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert reference.wait() == 0, reference.stderr.read()[-3000:]
 

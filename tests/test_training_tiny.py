@@ -29,14 +29,18 @@ def tiny_args(output_dir, *extra: str, max_steps: int = 6, stages: tuple[int, ..
 
 
 def run_in_process(argv: list[str]) -> dict:
-    """`training.run.main`, then Accelerate's process-wide state reset so the next run starts clean."""
+    """`training.run.main` on one CPU thread (tiny models gain nothing from more, and a shared machine's other load
+    stalls multi-threaded ones), then Accelerate's process-wide state reset so the next run starts clean."""
     from accelerate.state import AcceleratorState, GradientState
 
     from training.run import main
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         return main(argv)
     finally:
+        torch.set_num_threads(threads)
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
 
@@ -215,7 +219,7 @@ def test_gpt2_baseline_trains_resumes_and_exports(tmp_path):
 
     args = tiny_args(tmp_path / "run", "--model", "gpt2", "--save_steps", "3", max_steps=6, stages=(1, 3))
     results = run_in_process(args)
-    assert results["model"] == "gpt2" and "stage 2" not in results["stages"]  # the baseline trains jointly
+    assert results["model"] == "gpt2" and results["stages"].startswith("joint training")  # never progressive
     final = load_file(tmp_path / "run" / "model.safetensors")
     rerun = run_in_process(args + ["--resume_from_checkpoint", str(tmp_path / "run" / "checkpoints" / "checkpoint-3")])
     assert rerun["validation"] == results["validation"]

@@ -39,8 +39,8 @@ def build_baseline(tarflow: TarFlowConfig, tokenizer: PreTrainedTokenizerBase) -
 def baseline_block_nll(model, input_ids: torch.LongTensor, start_token_id: int) -> torch.Tensor:
     """−log p(x_1..x_T) in nats per block (B,), each token predicted from the start token and the tokens before.
     (`model` may be wrapped for data parallelism, hence the start token as an argument.)"""
-    start = torch.full_like(input_ids[:, :1], start_token_id)
-    logits = model(input_ids=torch.cat([start, input_ids], dim=1)).logits[:, :-1]
+    ids = torch.cat([torch.full_like(input_ids[:, :1], start_token_id), input_ids], dim=1)
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, :-1]  # blocks are never padded
     return F.cross_entropy(logits.float().transpose(1, 2), input_ids, reduction="none").sum(-1)
 
 

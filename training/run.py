@@ -49,7 +49,7 @@ def train_unigram_entropy(train_split) -> float:
     return unigram_entropy_bits(torch.stack([train_split[i]["input_ids"] for i in range(0, len(train_split), step)]))
 
 
-def describe_run(model, settings, resolved: dict, architecture: dict, schedule: StageSchedule) -> str:
+def describe_run(model, resolved: dict, architecture: dict, schedule: StageSchedule) -> str:
     num_parameters = sum(p.numel() for p in model.parameters())
     return (f"Resolved settings:\n{format_settings(resolved)}\n"
             f"Model: {type(model).__name__}, {num_parameters:,} parameters\n{format_settings(architecture)}\n"
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(settings.seed)  # the same initial weights on every process
     model = recipe.build(tarflow_config, tokenizer)
     resolved = resolved_settings(settings, data_config)
-    accelerator.print(describe_run(model, settings, resolved, architecture_summary(model), schedule))
+    accelerator.print(describe_run(model, resolved, architecture_summary(model), schedule))
     if accelerator.is_main_process:
         Path(settings.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(settings.output_dir) / "training_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))

@@ -53,10 +53,16 @@ class StageSchedule:
         return len(self.stages)
 
     def describe(self) -> str:
-        return "; ".join(f"stage {s.index + 1}: steps {s.start_step}-{s.end_step - 1}, flow layers "
-                         f"{s.num_frozen_flow_layers + 1}-{s.num_flow_layers} trained"
-                         + (f", 1-{s.num_frozen_flow_layers} frozen" if s.num_frozen_flow_layers else "")
+        if len(self.stages) == 1:
+            return f"joint training of every layer, steps 0-{self.stages[0].end_step - 1}"
+        return "; ".join(f"stage {s.index + 1}: steps {s.start_step}-{s.end_step - 1}, "
+                         f"{_layer_range(s.num_frozen_flow_layers + 1, s.num_flow_layers)} trained"
+                         + (f", {_layer_range(1, s.num_frozen_flow_layers)} frozen" if s.num_frozen_flow_layers else "")
                          for s in self.stages)
+
+
+def _layer_range(first: int, last: int) -> str:
+    return f"flow layer {first}" if first == last else f"flow layers {first}-{last}"
 
 
 def _cumulative(fractions: list[float]) -> list[float]:
