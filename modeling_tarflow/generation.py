@@ -49,7 +49,7 @@ class TarFlowGenerationConfig(GenerationConfig):
         kwargs.setdefault("use_cache", True)
         self.seed = kwargs.pop("seed", None)
         self.decoding = kwargs.pop("decoding", "sequential")
-        self.jacobi_block_size = kwargs.pop("jacobi_block_size", 16)
+        self.jacobi_block_size = kwargs.pop("jacobi_block_size", 32)
         self.jacobi_max_iterations = kwargs.pop("jacobi_max_iterations", None)
         self.jacobi_tolerance = kwargs.pop("jacobi_tolerance", 1e-4)
         self.jacobi_fallback_fraction = kwargs.pop("jacobi_fallback_fraction", 0.5)

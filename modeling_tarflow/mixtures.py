@@ -126,9 +126,9 @@ def mixture_inverse_cdf(u: torch.Tensor, log_w: torch.Tensor, mean: torch.Tensor
         log_pdf = torch.logsumexp(torch.addcmul(log_density_offset, standardized, standardized, value=-0.5), dim=-1)
         return log_cdf - log_target, torch.exp(log_pdf - log_cdf)
 
-    # |Δu| ≈ |g|·Φ(u)/φ(u), and g cannot be resolved below the rounding of log F (a few ulps of |log Φ(u)|)
-    residual_tolerance = (tolerance * torch.exp(-0.5 * u.square() - LOG_SQRT_2PI - log_target)
-                          + 8 * torch.finfo(u.dtype).eps * (1 - 2 * log_target))
+    # |Δu| ≈ |g|·Φ(u)/φ(u) ≤ |g|/0.79 for u ≤ 0, and g cannot be resolved below the rounding of log F (a few ulps
+    # of |log Φ(u)|)
+    residual_tolerance = 0.79 * tolerance + 8 * torch.finfo(u.dtype).eps * (1 - 2 * log_target)
     result = solve_increasing(residual_and_slope, lower, upper, starts, tolerance, max_iterations, residual_tolerance)
     return RootFindResult(result.z * mirror, result.iterations, result.residual)
 

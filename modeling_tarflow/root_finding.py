@@ -34,9 +34,9 @@ class _Convergence:
         self.resolution = 4 * torch.finfo(dtype).eps
 
     def __call__(self, z: torch.Tensor, residual: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-        magnitude, step_size = z.abs().clamp_min(1.0), step.abs()
-        small_residual = (residual.abs() <= self.residual_tolerance) | (step_size <= self.resolution * magnitude)
-        return (step_size <= self.tolerance * magnitude) & small_residual
+        # step ≤ max(1, |z|) · (tolerance if |g| is small, else the float resolution)
+        allowed = torch.where(residual.abs() <= self.residual_tolerance, self.tolerance, self.resolution)
+        return step.abs() <= allowed * z.abs().clamp_min(1.0)
 
 
 @torch.no_grad()

@@ -3,10 +3,13 @@
 import pytest
 import torch
 from conftest import randomize_, tiny_config
+from fixtures_generation import single_thread  # noqa: F401
 from transformers import AutoModel
 
 from modeling_tarflow import TarFlowForCausalFlowLM, TarFlowGenerationConfig
 from modeling_tarflow.generation import TarFlowGenerateOutput
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,15 @@ import math
 import pytest
 import torch
 from conftest import randomize_, tiny_config
+from fixtures_generation import single_thread  # noqa: F401
 
 from modeling_tarflow import TarFlowForCausalFlowLM
 from modeling_tarflow.decoding import JacobiDecoding, SequentialDecoding
 from modeling_tarflow.mixtures import mixture_inverse_cdf, mixture_log_cdf
 from modeling_tarflow.root_finding import solve_increasing
 from modeling_tarflow.transformer import KVCache
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 MIXED_LAYERS = [
     {"coupling": "mixture_rosenblatt", "num_layers": 1},

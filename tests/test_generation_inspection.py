@@ -3,9 +3,12 @@
 import pytest
 import torch
 from conftest import randomize_, tiny_config
+from fixtures_generation import single_thread  # noqa: F401
 
 from modeling_tarflow import TarFlowForCausalFlowLM
 from modeling_tarflow.inspection import decode_levels, edits_html, latent_metrics, level_names, write_flow_inspection
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,13 @@ right-to-left layers the Metropolis–Hastings sampler targets the exact conditi
 import pytest
 import torch
 from conftest import randomize_, tiny_config
+from fixtures_generation import single_thread  # noqa: F401
 
 from modeling_tarflow import TarFlowForCausalFlowLM
 from modeling_tarflow.decoding import SEQUENTIAL, JacobiDecoding
 from modeling_tarflow.prompting import _chain_state, _proposal_log_prob, sample_continuation
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 LEFT_TO_RIGHT = [
     {"coupling": "mixture_rosenblatt", "num_layers": 1},

@@ -1,0 +1,234 @@
+"""Sampling speed of TarFlowLM against `GPT2LMHeadModel.generate` (KV cache) of the same depth and width (issue 5).
+
+Models: the char-level configuration of `forward.py` (Mix-d tied + 2 x Mix-1 with V = 2 and MAF heads, 3 flow layers
+of 4 transformer layers, width 256, V = 27, d = 5) at patch sizes 1, 2 and 4 — and, as the `no_maf` variant, the
+same with Mix-1 layers whose channels are independent given the history (no MAF head, as in the paper's text8
+mixture study, Fig. 4) — each trained for `--train_steps` steps on the shipped corpus first (so that no flow is the
+identity and the root finder and Jacobi iteration meet realistic mixtures), and the GPT-2 of the same 12 layers and
+width. For batch 1 and 32, tokens per second of
+TarFlowLM's exact sequential sampler (KV cache), of its Jacobi sampler, and of GPT-2's `generate`; configurations
+run interleaved, `--rounds` times, and the best round is kept beside the median (background load only ever slows a
+round down). Also recorded: the Jacobi sample's drift from the sequential one for the same noise, the root-finder
+and fixed-point iterations, and the KV cache's speed-up over recomputing the transformer.
+
+    python bench/sampling.py [--length 128] [--rounds 3] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import transformers
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(REPO))
+from environment import write_result  # noqa: E402
+from forward import build_models  # noqa: E402
+
+from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM  # noqa: E402
+from training.tokenization_char import encode_text8  # noqa: E402
+
+CORPUS = REPO / "data" / "tiny-literary" / "train.txt.gz"
+METHODS = ("sequential", "jacobi", "gpt2")
+VARIANTS = ("maf", "no_maf")
+
+
+class Cell(NamedTuple):
+    """One timed configuration: a TarFlowLM (variant, patch size) or GPT-2 (None, None), a batch size, a method."""
+
+    variant: str | None
+    patch_size: int | None
+    batch_size: int
+    method: str
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--length", type=int, default=128, help="tokens sampled per sequence (a multiple of 4)")
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 32], help="sequences sampled per call")
+    parser.add_argument("--patch_sizes", type=int, nargs="+", default=[1, 2, 4], help="TarFlowLM patch sizes P")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                        help="maf: Mix-1 layers with MAF heads (the default configuration); no_maf: without")
+    parser.add_argument("--width", type=int, default=256, help="transformer width of both models")
+    parser.add_argument("--heads", type=int, default=4, help="attention heads of both models")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (best and median kept)")
+    parser.add_argument("--jacobi_block_size", type=int, default=32, help="patches per Jacobi block")
+    parser.add_argument("--jacobi_tolerance", type=float, default=1e-4, help="Jacobi stopping change of a latent")
+    parser.add_argument("--train_steps", type=int, default=150, help="training steps before timing (0: untrained)")
+    parser.add_argument("--train_batch_size", type=int, default=8, help="sequences per training step")
+    parser.add_argument("--train_length", type=int, default=64, help="tokens per training sequence")
+    parser.add_argument("--learning_rate", type=float, default=2e-3, help="AdamW learning rate of the short training")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1 is immune to the stalls several threads suffer on a shared CPU)")
+    parser.add_argument("--output", default="sampling", help="name of the JSON file in bench/results/")
+    return parser.parse_args()
+
+
+def corpus_ids() -> torch.Tensor:
+    """The shipped corpus's training split as text8 character ids (it is text8-normalised already)."""
+    with gzip.open(CORPUS, "rt") as file:
+        return torch.from_numpy(encode_text8(file.read()).astype("int64"))
+
+
+def train_briefly(model: TarFlowForCausalFlowLM, ids: torch.Tensor, args) -> float:
+    """A few AdamW steps on random windows of the corpus; returns the last NELBO per token."""
+    generator = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(args.train_steps):
+        starts = torch.randint(0, len(ids) - args.train_length, (args.train_batch_size,), generator=generator)
+        loss = model(torch.stack([ids[s:s + args.train_length] for s in starts.tolist()])).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval().requires_grad_(False)
+    return float(loss)
+
+
+def build(args, ids: torch.Tensor):
+    """GPT-2 and one briefly trained TarFlowLM per (variant, patch size), all of the same depth and width."""
+    tarflow, gpt2 = build_models(args.width, args.heads, 256, "cpu")
+    models, losses = {}, {}
+    for variant in args.variants:
+        layers = [{**layer, "autoregressive_dims": False} if layer["coupling"] == "mixture_cdf" and
+                  variant == "no_maf" else layer for layer in tarflow.config.flow_layers]
+        for patch_size in args.patch_sizes:
+            torch.manual_seed(patch_size)
+            config = TarFlowConfig.from_dict({**tarflow.config.to_dict(), "patch_size": patch_size,
+                                              "flow_layers": layers})
+            models[variant, patch_size] = TarFlowForCausalFlowLM(config)
+            losses[variant, patch_size] = train_briefly(models[variant, patch_size], ids, args) \
+                if args.train_steps else None
+    return models, losses, gpt2.eval().requires_grad_(False)
+
+
+def sampler(cell: Cell, model, args):
+    """A function of a seed drawing `cell.batch_size` samples of `args.length` tokens with `cell.method`."""
+    if cell.method == "gpt2":
+        start = torch.zeros(cell.batch_size, 1, dtype=torch.long)
+        return lambda seed: model.generate(start, attention_mask=torch.ones_like(start), do_sample=True,
+                                           max_new_tokens=args.length, min_new_tokens=args.length, pad_token_id=0)
+    return lambda seed: model.generate(max_new_tokens=args.length, num_return_sequences=cell.batch_size, seed=seed,
+                                       decoding=cell.method, jacobi_block_size=args.jacobi_block_size,
+                                       jacobi_tolerance=args.jacobi_tolerance, return_dict_in_generate=True)
+
+
+def timed(function, seed: int) -> tuple[float, object]:
+    start = time.perf_counter()
+    output = function(seed)
+    return time.perf_counter() - start, output
+
+
+def measure(args, models, gpt2) -> dict:
+    """Seconds per call of every cell, interleaved over rounds, and each cell's output of the last round."""
+    cells = [Cell(*key, batch, method) for batch in args.batch_sizes for key in models for method in METHODS[:2]]
+    cells += [Cell(None, None, batch, "gpt2") for batch in args.batch_sizes]
+    functions = {cell: sampler(cell, gpt2 if cell.method == "gpt2" else models[cell.variant, cell.patch_size],
+                               args) for cell in cells}
+    seconds, outputs = {cell: [] for cell in cells}, {}
+    for function in functions.values():                                      # warm-up: allocator, caches
+        function(0)
+    for round_index in range(args.rounds):
+        for cell, function in functions.items():
+            elapsed, outputs[cell] = timed(function, round_index)
+            seconds[cell].append(elapsed)
+            print(f"round {round_index + 1}: {tuple(cell)} {cell.batch_size * args.length / elapsed:8.1f} tokens/s",
+                  flush=True)
+    return {"seconds": seconds, "outputs": outputs}
+
+
+def jacobi_drift(model, batch_size: int, args) -> dict:
+    """The Jacobi sample against the sequential one for the same noise: largest |Δz| and the fraction of tokens
+    whose decoded argmax differs."""
+    settings = dict(max_new_tokens=args.length, num_return_sequences=batch_size, seed=123, do_sample=False,
+                    output_hidden_states=True, jacobi_block_size=args.jacobi_block_size,
+                    jacobi_tolerance=args.jacobi_tolerance)
+    sequential, jacobi = (model.generate(decoding=method, **settings) for method in METHODS[:2])
+    return {"max_abs_z_difference": float((jacobi.hidden_states[-1] - sequential.hidden_states[-1]).abs().max()),
+            "token_disagreement": float((jacobi.sequences != sequential.sequences).float().mean())}
+
+
+def kv_cache_speedup(model, args) -> dict:
+    """Sequential sampling of one sequence with and without the KV cache (recomputing the transformer over all
+    earlier patches is O(N²)); same noise, so the samples must agree."""
+    runs = {}
+    for use_cache in (True, False):
+        elapsed, ids = timed(lambda seed: model.generate(max_new_tokens=args.length, seed=seed, use_cache=use_cache,
+                                                         do_sample=False), 7)
+        runs[use_cache] = (elapsed, ids)
+    return {"patch_size": model.config.patch_size, "batch_size": 1, "length": args.length,
+            "tokens_per_second_cached": args.length / runs[True][0],
+            "tokens_per_second_uncached": args.length / runs[False][0],
+            "speedup": runs[False][0] / runs[True][0], "identical_samples": bool(torch.equal(runs[True][1],
+                                                                                          runs[False][1]))}
+
+
+def summarise(args, measured, models) -> list[dict]:
+    gpt2_best = {batch: batch * args.length / min(measured["seconds"][Cell(None, None, batch, "gpt2")])
+                 for batch in args.batch_sizes}
+    rows = []
+    for cell, times in measured["seconds"].items():
+        best = cell.batch_size * args.length / min(times)
+        row = {"model": "GPT-2" if cell.method == "gpt2" else f"TarFlowLM ({cell.variant})",
+               "patch_size": cell.patch_size, "batch_size": cell.batch_size,
+               "decoding": "generate (KV cache)" if cell.method == "gpt2" else cell.method,
+               "tokens_per_second": best,
+               "tokens_per_second_median": cell.batch_size * args.length / statistics.median(times),
+               "ratio_to_gpt2": best / gpt2_best[cell.batch_size], "seconds": times}
+        if cell.method != "gpt2":
+            output = measured["outputs"][cell]
+            row["root_iterations_per_layer"] = output.root_iterations
+            row["fixed_point_iterations_per_block"] = [list(blocks) for blocks in output.fixed_point_iterations]
+            if cell.method == "jacobi":
+                row["drift_from_sequential"] = jacobi_drift(models[cell.variant, cell.patch_size], cell.batch_size,
+                                                            args)
+        rows.append(row)
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'model':22s} {'P':>2s} {'batch':>5s} {'decoding':20s} {'tokens/s':>9s} {'vs GPT-2':>8s}")
+    for row in sorted(rows, key=lambda r: (r["batch_size"], r["model"], r["patch_size"] or 0, r["decoding"])):
+        print(f"{row['model']:22s} {row['patch_size'] or '':>2} {row['batch_size']:5d} {row['decoding']:20s} "
+              f"{row['tokens_per_second']:9.1f} {row['ratio_to_gpt2']:8.2f}")
+
+
+def main():
+    args = parse_args()
+    transformers.logging.set_verbosity_error()   # GPT-2's generate warns about pad = eos for an unpadded start
+    torch.set_num_threads(args.threads)
+    print(f"resolved settings: {vars(args)}", flush=True)
+    started = time.perf_counter()
+    models, losses, gpt2 = build(args, corpus_ids())
+    print(f"trained {len(models)} models in {time.perf_counter() - started:.0f} s: NELBO/token {losses}", flush=True)
+    measured = measure(args, models, gpt2)
+    rows = summarise(args, measured, models)
+    cache = kv_cache_speedup(models[args.variants[0], 2 if 2 in args.patch_sizes else args.patch_sizes[0]], args)
+    print_table(rows)
+    result = {
+        "note": ("CPU only, other processes shared the 2 cores during the run: best of interleaved rounds is the "
+                 "figure, the median beside it shows the spread. GPU rows were not measured: no GPU in this "
+                 "session."),
+        "gpu": {"measured": False, "reason": "no GPU in this session"},
+        "config": {**vars(args), "transformer_layers": 12, "vocab_size": 27, "latent_dim": 5,
+                   "tarflow_flow_layers": {variant: models[variant, args.patch_sizes[0]].config.flow_layers
+                                           for variant in args.variants}},
+        "parameters": {"gpt2": gpt2.num_parameters(),
+                       **{f"tarflow_{v}_P{p}": model.num_parameters() for (v, p), model in models.items()}},
+        "training_nelbo_per_token": {f"{v}_P{p}": loss for (v, p), loss in losses.items()},
+        "results": rows, "kv_cache": cache, "wall_seconds": time.perf_counter() - started,
+    }
+    print(f"-> {write_result(args.output, result)} ({result['wall_seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
