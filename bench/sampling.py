@@ -91,7 +91,7 @@ def train_briefly(model: TarFlowForCausalFlowLM, ids: torch.Tensor, args) -> flo
         loss.backward()
         optimizer.step()
     model.eval().requires_grad_(False)
-    return float(loss)
+    return float(loss.detach())
 
 
 def build(args, ids: torch.Tensor):

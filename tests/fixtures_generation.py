@@ -12,3 +12,13 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A tiny TarFlowLM (P = 2; Mix-d, Mix-1, affine) with every parameter moved off its initialisation."""
+    from conftest import randomize_, tiny_config
+
+    from modeling_tarflow import TarFlowForCausalFlowLM
+
+    return randomize_(TarFlowForCausalFlowLM(tiny_config(patch_size=2))).eval()

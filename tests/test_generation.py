@@ -2,19 +2,13 @@
 
 import pytest
 import torch
-from conftest import randomize_, tiny_config
-from fixtures_generation import single_thread  # noqa: F401
+from fixtures_generation import model, single_thread  # noqa: F401
 from transformers import AutoModel
 
-from modeling_tarflow import TarFlowForCausalFlowLM, TarFlowGenerationConfig
+from modeling_tarflow import TarFlowGenerationConfig
 from modeling_tarflow.generation import TarFlowGenerateOutput
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="module")
-def model():
-    return randomize_(TarFlowForCausalFlowLM(tiny_config(patch_size=2))).eval()
 
 
 def test_argmax_decode_is_the_decoder_mode_of_the_inverted_scaled_noise(model):

@@ -2,18 +2,11 @@
 
 import pytest
 import torch
-from conftest import randomize_, tiny_config
-from fixtures_generation import single_thread  # noqa: F401
+from fixtures_generation import model, single_thread  # noqa: F401
 
-from modeling_tarflow import TarFlowForCausalFlowLM
 from modeling_tarflow.inspection import decode_levels, edits_html, latent_metrics, level_names, write_flow_inspection
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="module")
-def model():
-    return randomize_(TarFlowForCausalFlowLM(tiny_config(patch_size=2))).eval()
 
 
 def test_hidden_states_run_from_the_scaled_noise_to_the_decoded_latent(model):
