@@ -25,7 +25,8 @@ MIXED = [
 
 
 def model_with(layers, patch_size=2, **overrides):
-    return randomize_(TarFlowForCausalFlowLM(tiny_config(patch_size=patch_size, flow_layers=layers, **overrides))).eval()
+    config = tiny_config(patch_size=patch_size, flow_layers=layers, **overrides)
+    return randomize_(TarFlowForCausalFlowLM(config)).eval()
 
 
 @pytest.mark.parametrize("layers", [LEFT_TO_RIGHT, MIXED], ids=["l2r", "mixed"])
