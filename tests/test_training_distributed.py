@@ -2,6 +2,7 @@
 weights stay identical across them, through a progressive stage change (parameters frozen mid-run)."""
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +15,20 @@ from training.tracking import read_metrics
 REPO = Path(__file__).resolve().parent.parent
 
 
+def free_port() -> int:
+    """A port nobody listens on: torchrun's default (29500) may still be held by an earlier launch."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.mark.parametrize("model", ["tarflow", "gpt2"])
 def test_two_processes_see_different_data_and_keep_identical_weights(tmp_path, model):
     # `--num_processes 2 --cpu` alone starts one process (Accelerate's CPU launcher needs MPI); `--multi_gpu` goes
     # through torchrun, and run.py joins the processes into a gloo group when there is no GPU.
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(free_port())]
     args = tiny_args(tmp_path, "--save_steps", "3", "--model", model, max_steps=6, stages=(1, 3))
     done = subprocess.run([*launcher, str(REPO / "training" / "run.py"), *args], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
