@@ -3,7 +3,7 @@
 from transformers import AutoConfig, AutoModel
 
 from .configuration_tarflow import TarFlowConfig
-from .generation import TarFlowGenerationConfig
+from .generation import TarFlowGenerateOutput, TarFlowGenerationConfig
 from .modeling_tarflow import TarFlowForCausalFlowLM, TarFlowOutput, TarFlowPreTrainedModel
 from .validation import TokenIdDtypeError
 
@@ -15,6 +15,7 @@ TarFlowForCausalFlowLM.register_for_auto_class("AutoModel")
 
 __all__ = [
     "TarFlowConfig",
+    "TarFlowGenerateOutput",
     "TarFlowGenerationConfig",
     "TarFlowForCausalFlowLM",
     "TarFlowOutput",

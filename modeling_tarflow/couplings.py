@@ -12,6 +12,7 @@ import abc
 import contextlib
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from .codebook import GaussianCodebook
@@ -142,6 +143,7 @@ class MixtureRosenblattCoupling(nn.Module):
             # Borrowed, not registered: the encoder owns the tied parameters (one tensor, one state-dict key).
             self._tied_components = (codebook,)
         self.root_tolerance, self.root_max_iterations = root_tolerance, root_max_iterations
+        self.max_chunk_elements = 1 << 26  # per-dimension terms held at once in `forward` (≈ 256 MB in float32)
 
     @property
     def components(self) -> GaussianCodebook:
@@ -153,7 +155,25 @@ class MixtureRosenblattCoupling(nn.Module):
 
     def forward(self, h: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = h.unflatten(-1, (self.patch_size, self.latent_dim))
-        context, (z, logits) = _full_precision(z, self.mixture_logits(features))
+        logits = self.mixture_logits(features)
+        # The per-dimension terms are (B, n, P, K, d): 26 GB for GPT-2's K = 50257, d = 16 on 8 × 1024 tokens.
+        # Past a budget, positions go in chunks, each recomputed in backward (activation checkpointing).
+        per_position = z.shape[0] * self.patch_size * self.num_mixtures * self.latent_dim
+        chunk = max(1, self.max_chunk_elements // per_position)
+        if chunk >= z.shape[1]:
+            return self._rosenblatt(z, logits)
+        pieces = [self._checkpointed_rosenblatt(z[:, s:s + chunk], logits[:, s:s + chunk])
+                  for s in range(0, z.shape[1], chunk)]
+        return torch.cat([u for u, _ in pieces], dim=1), torch.cat([log_det for _, log_det in pieces], dim=1)
+
+    def _checkpointed_rosenblatt(self, z: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not torch.is_grad_enabled():
+            return self._rosenblatt(z, logits)
+        return torch.utils.checkpoint.checkpoint(self._rosenblatt, z, logits, use_reentrant=False)
+
+    def _rosenblatt(self, z: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Algorithm 1, vectorised over dims: z (B, n, P, d), logits (B, n, P, K) → (u (B, n, P·d), log_det (B, n))."""
+        context, (z, logits) = _full_precision(z, logits)
         with context:
             log_pi = torch.log_softmax(logits, dim=-1)
             mu, log_sigma = self._component_params(z.dtype)
