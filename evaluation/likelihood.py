@@ -21,6 +21,7 @@ from .cli import DTYPES, add_common_arguments, default_output_path, print_config
 from .corpus import Blocks, default_split, load_blocks
 from .loading import LoadedModel, load_evaluated_model
 from .records import run_header, write_json
+from .sampling import causal_lm_start_token
 
 CHARACTER_VOCAB_LIMIT = 256  # vocabularies this small are character-level: report BPC, not PPL
 
@@ -124,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_config(args, loaded: LoadedModel) -> dict:
     """The run's settings with every default made concrete, validated against the model."""
-    bos = getattr(loaded.tokenizer, "bos_token_id", None)
-    start_token_id = None if loaded.is_latent or args.no_start_token else bos
+    bos = None if loaded.is_latent else causal_lm_start_token(loaded.tokenizer, loaded.model)
+    start_token_id = None if args.no_start_token else bos
     block_size = args.block_size or default_block_size(loaded, start_token_id)
     check_block_size(loaded, block_size)
     bad_ks = [k for k in args.iw_k if k < 1 or args.num_z_samples % k]

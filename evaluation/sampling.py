@@ -15,12 +15,14 @@ from transformers import GenerationConfig
 from .loading import LoadedModel
 
 
-def causal_lm_start_token(tokenizer) -> int:
-    """BOS, else EOS; a causal LM with neither has no way to begin an unconditional sample."""
-    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+def causal_lm_start_token(tokenizer, model=None) -> int | None:
+    """BOS, else EOS of the tokenizer, else the model config's `bos_token_id` (the training script's GPT-2 baseline on
+    27 characters stores its start token, a space, there); None when there is none at all."""
+    model_bos = getattr(getattr(model, "config", None), "bos_token_id", None)
+    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id, model_bos):
         if token_id is not None:
             return token_id
-    raise ValueError("the causal LM's tokenizer has neither a BOS nor an EOS token to start unconditional samples")
+    return None
 
 
 @torch.no_grad()
@@ -49,7 +51,9 @@ def draw_samples(loaded: LoadedModel, num_samples: int, length: int, batch_size:
         if loaded.is_latent:
             batch = latent_samples(loaded.model, num, length, temperature)
         else:
-            start_id = causal_lm_start_token(loaded.tokenizer)
+            start_id = causal_lm_start_token(loaded.tokenizer, loaded.model)
+            if start_id is None:
+                raise ValueError("the causal LM has no BOS/EOS token (tokenizer or config) to start unconditional samples")
             batch = causal_lm_samples(loaded.model, start_id, num, length, temperature, top_p, device)
         batches.append(batch.cpu())
     samples = torch.cat(batches)
