@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from .training_logs import TRAINING_LOG_NAME, Curves, find_curve, read_training_log
+from .training_logs import TRAINING_LOG_NAMES, Curves, find_curve, read_training_log
 
 DEFAULT_RESULT_GLOBS = ("bench/results/*.json", "outputs/evaluation/*.json")
 EVALUATIONS = ("likelihood", "generative")
@@ -116,11 +116,11 @@ def plot_training_curves(runs: dict[str, Curves], path, metrics=("loss", "bpc"))
 
 
 def run_name(log) -> str:
-    """A run's name in the legend: its folder's name (a log named training_log.jsonl says nothing by itself)."""
+    """A run's name in the legend: its folder's name (a log named metrics.jsonl says nothing by itself)."""
     log = Path(log)
     if log.is_dir():
         return log.name
-    if log.name == TRAINING_LOG_NAME or log.name.startswith("events.out.tfevents"):
+    if log.name in TRAINING_LOG_NAMES or log.name.startswith("events.out.tfevents"):
         return log.parent.name
     return log.stem
 

@@ -2,12 +2,13 @@
 
 Accepted sources:
 
-- ``training_log.jsonl`` (written by the training script): one JSON object per line with ``step`` and numeric
-  metrics (``loss``, ``bpc``, ``tokens_per_second``; ``eval_bpc`` on evaluation steps only);
+- ``metrics.jsonl`` (written by ``training/run.py``) or ``training_log.jsonl``: one JSON object per line with
+  ``step`` and numeric metrics; the training script's ``train/<name>`` keys become ``<name>`` and its
+  ``eval/<name>`` keys ``eval_<name>`` (``loss``, ``bpc``, ``tokens_per_second``; ``eval_bpc`` at evaluation steps);
 - a CSV file with a ``step`` column and one column per metric (empty cells are skipped);
 - TensorBoard event files (a folder holding ``events.out.tfevents.*``, or one such file); scalar tags keep their
   names (``train/loss``), and a metric name also matches a tag ending in ``/<name>``;
-- a run folder: its ``training_log.jsonl`` if present, else its event files.
+- a run folder: its ``metrics.jsonl`` or ``training_log.jsonl`` if present, else its event files.
 """
 
 import csv
@@ -15,7 +16,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-TRAINING_LOG_NAME = "training_log.jsonl"
+TRAINING_LOG_NAMES = ("metrics.jsonl", "training_log.jsonl")
+LOGGED_PREFIXES = {"train/": "", "eval/": "eval_"}  # training/run.py's accelerator.log keys → curve names
 EVENT_FILE_GLOB = "events.out.tfevents.*"
 
 Curves = dict[str, list[tuple[int, float]]]
@@ -25,6 +27,9 @@ def add_row(curves: defaultdict, row: dict) -> None:
     """Add the numeric fields of one logged row (its ``step`` is the x value)."""
     step = int(float(row["step"]))
     for name, value in row.items():
+        for prefix, replacement in LOGGED_PREFIXES.items():
+            if name.startswith(prefix):
+                name = replacement + name[len(prefix):]
         if name == "step" or value in (None, ""):
             continue
         try:
@@ -73,15 +78,16 @@ def read_tensorboard_log(path: Path) -> Curves:
 def read_training_log(path) -> Curves:
     """Curves of one run from any accepted source (see the module docstring)."""
     path = Path(path)
-    if path.is_dir() and (path / TRAINING_LOG_NAME).is_file():
-        return read_jsonl_log(path / TRAINING_LOG_NAME)
+    logs = [path / name for name in TRAINING_LOG_NAMES if path.is_dir() and (path / name).is_file()]
+    if logs:
+        return read_jsonl_log(logs[0])
     if (path.is_dir() and any(path.glob(EVENT_FILE_GLOB))) or path.name.startswith("events.out.tfevents"):
         return read_tensorboard_log(path)
     if path.suffix == ".jsonl":
         return read_jsonl_log(path)
     if path.suffix == ".csv":
         return read_csv_log(path)
-    raise ValueError(f"no training log found at {path}: expected {TRAINING_LOG_NAME}, a .jsonl or .csv file, or "
+    raise ValueError(f"no training log found at {path}: expected {' or '.join(TRAINING_LOG_NAMES)}, a .jsonl or .csv file, or "
                      "TensorBoard event files")
 
 

@@ -99,3 +99,12 @@ def test_latent_block_size_must_be_a_multiple_of_the_patch_size(monkeypatch):
     use_latent_model(monkeypatch, model)
     with pytest.raises(ValueError, match="patch_size 4"):
         likelihood.main(["fake", *CORPUS, "--block_size", "30"])
+
+
+def test_report_reads_the_training_scripts_metrics_jsonl(tmp_path):
+    from evaluation.training_logs import read_training_log
+
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 10, "train/loss": 2.5, "train/bpc": 3.6}\n{"step": 100, "eval/loss": 2.4, "eval/bpc": 3.5}\n')
+    curves = read_training_log(tmp_path)
+    assert curves["bpc"] == [(10, 3.6)] and curves["eval_bpc"] == [(100, 3.5)]
