@@ -21,7 +21,7 @@ def check_input_ids(input_ids, vocab_size: int, patch_size: int, max_length: int
     if input_ids.numel() == 0:
         raise ValueError(f"{name} is empty: shape {tuple(input_ids.shape)}")
     check_length(input_ids.shape[1], patch_size, max_length, name)
-    low, high = (int(value) for value in torch.aminmax(input_ids))  # one device sync, not two
+    low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one device sync, not two
     if low < 0 or high >= vocab_size:
         bad = low if low < 0 else high
         raise ValueError(f"{name} contains id {bad}, outside [0, vocab_size={vocab_size})")
