@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .mixtures import LOG_SQRT_2PI
+from .mixtures import LOG_SQRT_2PI, mixture_dtype
 
 # Above this many K·d entries per token, distances are expanded as ‖z‖² − 2 z·μ + ‖μ‖² (one matmul, as cheap as an
 # LM head) instead of materialising z − μ_k; the expansion loses precision only when σ_k ≪ ‖z‖·1e-3 (float32).
@@ -35,24 +35,33 @@ class GaussianCodebook(nn.Module):
 
     def sample(self, ids: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """z = μ_x + σ_x ε with ε ~ N(0, I) (reparameterised), shape (*ids.shape, d)."""
+        mu, log_sigma = self._full_precision_params()
         if noise is None:
-            noise = torch.randn(*ids.shape, self.dim, device=self.mu.device, dtype=self.mu.dtype)
-        return self.mu[ids] + torch.exp(self.log_sigma[ids]).unsqueeze(-1) * noise
+            noise = torch.randn(*ids.shape, self.dim, device=mu.device, dtype=mu.dtype)
+        return mu[ids] + torch.exp(log_sigma[ids]).unsqueeze(-1) * noise
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log N_k(z) for every component k: shape (..., K). These are also the decoder's logits."""
+        mu, log_sigma = self._full_precision_params(z)
+        z = z.to(mu.dtype)
         if self.num_components * self.dim <= _DIRECT_DISTANCE_MAX_ENTRIES:
-            squared_distance = (z.unsqueeze(-2) - self.mu).square().sum(-1)
+            squared_distance = (z.unsqueeze(-2) - mu).square().sum(-1)
         else:
-            squared_distance = (z.square().sum(-1, keepdim=True) - 2 * z @ self.mu.T
-                                + self.mu.square().sum(-1)).clamp_min(0)
-        return (-0.5 * squared_distance * torch.exp(-2 * self.log_sigma)
-                - self.dim * (self.log_sigma + LOG_SQRT_2PI))
+            squared_distance = (z.square().sum(-1, keepdim=True) - 2 * z @ mu.T
+                                + mu.square().sum(-1)).clamp_min(0)
+        return -0.5 * squared_distance * torch.exp(-2 * log_sigma) - self.dim * (log_sigma + LOG_SQRT_2PI)
 
     def log_prob_per_dim(self, z: torch.Tensor) -> torch.Tensor:
         """log N(z_i; μ_{k,i}, σ_k²) per component and dimension: (..., d) → (..., K, d)."""
-        scaled = (z.unsqueeze(-2) - self.mu) * torch.exp(-self.log_sigma).unsqueeze(-1)
-        return -0.5 * scaled.square() - self.log_sigma.unsqueeze(-1) - LOG_SQRT_2PI
+        mu, log_sigma = self._full_precision_params(z)
+        scaled = (z.to(mu.dtype).unsqueeze(-2) - mu) * torch.exp(-log_sigma).unsqueeze(-1)
+        return -0.5 * scaled.square() - log_sigma.unsqueeze(-1) - LOG_SQRT_2PI
+
+    def _full_precision_params(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """μ and log σ in at least float32: a model cast to bf16 keeps its codebook densities (softmax over V
+        logits, distances to every μ_k) out of bf16, as training under autocast does."""
+        dtype = mixture_dtype(self.mu, *inputs)
+        return self.mu.to(dtype), self.log_sigma.to(dtype)
 
 
 __all__ = ["GaussianCodebook"]

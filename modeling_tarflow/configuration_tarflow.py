@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
+import functools
+import hashlib
+import inspect
+import json
 import math
 
-from transformers import PretrainedConfig
+from transformers import GenerationConfig, PretrainedConfig
 
 COUPLINGS = ("affine", "mixture_cdf", "mixture_rosenblatt")
 DIRECTIONS = ("l2r", "r2l")
@@ -28,6 +34,25 @@ DEFAULT_FLOW_LAYERS = (
     {"coupling": "mixture_cdf", "num_mixtures": 2, "num_layers": 4},
     {"coupling": "mixture_cdf", "num_mixtures": 2, "num_layers": 4},
 )
+
+
+# The fields that define the function the weights compute. A changed value with unchanged tensor shapes (a flipped
+# direction, channel mixing off, another log-scale bound) would load silently into a different model, so their hash
+# is saved in config.json and checked at load. Initialisation, dropout and root-finder settings are not among them.
+ARCHITECTURE_FIELDS = ("vocab_size", "latent_dim", "patch_size", "hidden_size", "num_attention_heads",
+                       "intermediate_size", "max_position_embeddings", "flow_layers", "channel_mixing",
+                       "maf_hidden_size", "log_scale_bound", "layer_norm_eps")
+_FLOAT_FIELDS = ("log_scale_bound", "layer_norm_eps")
+
+# Keyword arguments `PretrainedConfig` itself takes or writes into config.json, beyond its dataclass fields, plus the
+# keys older transformers versions wrote into every config.json.
+_TRANSFORMERS_KEYS = frozenset({
+    "_name_or_path", "name_or_path", "_commit_hash", "model_type", "auto_map", "torch_dtype", "num_labels",
+    "attn_implementation", "experts_implementation", "output_attentions", "per_layer_config",
+    "_attn_implementation_internal", "_experts_implementation_internal", "tie_word_embeddings", "use_cache",
+    "tokenizer_class", "prefix", "task_specific_params", "finetuning_task", "is_decoder", "add_cross_attention",
+    "cross_attention_hidden_size", "tie_encoder_decoder", "torchscript", "pruned_heads", "use_bfloat16",
+})
 
 
 class TarFlowConfig(PretrainedConfig):
@@ -58,6 +83,12 @@ class TarFlowConfig(PretrainedConfig):
         layer_norm_eps (`float`), initializer_range (`float`): as in GPT-2.
         root_tolerance (`float`), root_max_iterations (`int`): stopping rule of the inverse-CDF root finder
             (residual |Φ⁻¹(F(z)) − u| in probit units).
+        architecture_fingerprint (`str`, *optional*): the hash of the `ARCHITECTURE_FIELDS` this config was saved
+            with (written by `to_dict`, so every config.json carries it); `from_pretrained` refuses weights whose
+            config.json fields no longer match it. None (a config built in code) records the current fields.
+
+    Any other keyword must be one `PretrainedConfig` knows (e.g. `architectures`, `dtype`, `*_token_id`); an unknown
+    one (a misspelt field) is an error rather than a silently stored attribute.
     """
 
     model_type = "tarflow"
@@ -82,8 +113,10 @@ class TarFlowConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         root_tolerance: float = 1e-6,
         root_max_iterations: int = 100,
+        architecture_fingerprint: str | None = None,
         **kwargs,
     ):
+        _check_known_keys(kwargs)
         self.vocab_size = vocab_size
         self.latent_dim = latent_dim
         self.patch_size = patch_size
@@ -104,8 +137,31 @@ class TarFlowConfig(PretrainedConfig):
         self._validate_scalars()
         raw_layers = DEFAULT_FLOW_LAYERS if flow_layers is None else flow_layers
         self.flow_layers = normalize_flow_layers(raw_layers, vocab_size)
+        self.architecture_fingerprint = architecture_fingerprint or self.current_architecture_fingerprint()
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
+
+    def current_architecture_fingerprint(self) -> str:
+        """A hash of the `ARCHITECTURE_FIELDS` as they are now (floats as floats, so 7 and 7.0 agree)."""
+        values = {name: getattr(self, name) for name in ARCHITECTURE_FIELDS}
+        values.update({name: float(values[name]) for name in _FLOAT_FIELDS})
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+    def check_architecture_fingerprint(self) -> None:
+        """Raise if the architecture fields differ from those this config was saved with (an edited config.json,
+        or a shape-preserving override passed to `from_pretrained`): the weights were trained for the other."""
+        if self.architecture_fingerprint != self.current_architecture_fingerprint():
+            raise ValueError(
+                f"config architecture_fingerprint {self.architecture_fingerprint} does not match its fields "
+                f"({self.current_architecture_fingerprint()}): one of {list(ARCHITECTURE_FIELDS)} was changed after "
+                "the weights were saved, so they would load into a different model. Restore the saved values; to "
+                "start a new model from these weights on purpose, build it from the new config and call "
+                "load_state_dict")
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        output["architecture_fingerprint"] = self.current_architecture_fingerprint()
+        return output
 
     def _validate_scalars(self) -> None:
         positive_ints = ("vocab_size", "latent_dim", "patch_size", "hidden_size", "num_attention_heads",
@@ -143,6 +199,23 @@ class TarFlowConfig(PretrainedConfig):
     @property
     def num_transformer_layers(self) -> int:
         return sum(layer["num_layers"] for layer in self.flow_layers)
+
+
+def _check_known_keys(kwargs: dict) -> None:
+    """Raise naming any keyword that is neither a TarFlowConfig field nor one `PretrainedConfig` handles."""
+    unknown = sorted(key for key in kwargs if key not in _known_transformers_keys() and not key.endswith("_token_id"))
+    if unknown:
+        fields = [name for name in inspect.signature(TarFlowConfig.__init__).parameters if name not in ("self", "kwargs")]
+        hints = {key: difflib.get_close_matches(key, fields, n=1) for key in unknown}
+        hint = "; ".join(f"did you mean {match[0]!r} for {key!r}?" for key, match in hints.items() if match)
+        raise ValueError(f"TarFlowConfig got unknown keyword argument(s) {unknown}" + (f" ({hint})" if hint else "")
+                         + f"; its fields are {fields}")
+
+
+@functools.cache
+def _known_transformers_keys() -> frozenset:
+    fields = {field.name for field in dataclasses.fields(PretrainedConfig)}
+    return _TRANSFORMERS_KEYS | fields | set(GenerationConfig._get_default_generation_params())
 
 
 def normalize_flow_layers(flow_layers, vocab_size: int) -> list[dict]:
@@ -190,4 +263,4 @@ def _check_layer_values(where: str, layer: dict) -> None:
             raise ValueError(f"{where}['{key}'] must be a bool, got {layer[key]!r}")
 
 
-__all__ = ["TarFlowConfig", "COUPLINGS", "DIRECTIONS"]
+__all__ = ["TarFlowConfig", "COUPLINGS", "DIRECTIONS", "ARCHITECTURE_FIELDS"]

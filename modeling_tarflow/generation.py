@@ -4,6 +4,7 @@ optionally continuing a prompt (`prompting.py`)."""
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -13,20 +14,53 @@ from transformers.utils import ModelOutput
 from .decoding import JacobiDecoding, SequentialDecoding
 from .flow import FlowInversion
 from .prompting import PromptedSample, sample_continuation
-from .validation import check_input_ids, check_length
+from .token_draw import decode_tokens, draw_tokens
+from .validation import as_token_ids, check_length, check_noise, check_unpadded, is_integer
 
 DECODINGS = ("sequential", "jacobi")
+
+# The `GenerationConfig` fields this sampler honours (TarFlowLM's own fields come on top); any other field set to a
+# value other than its "off" value is refused with the reason below, never accepted and ignored.
+HONOURED_FIELDS = frozenset({
+    "max_new_tokens", "max_length", "min_new_tokens", "min_length", "num_return_sequences", "do_sample",
+    "temperature", "top_k", "top_p", "min_p", "eos_token_id", "pad_token_id", "bos_token_id", "use_cache",
+    "output_hidden_states", "return_dict_in_generate", "transformers_version"})
+_AFTER_THE_LATENTS = ("TarFlowLM draws every token x_t from p(x_t | z_t) after the whole latent sequence z is sampled, "
+                      "so no token can be conditioned on the tokens drawn before it")
+_NO_PARTIAL_SEQUENCES = ("beam search ranks partial sequences token by token; TarFlowLM samples the latents of all "
+                         "positions together, so there are none to rank (draw several with num_return_sequences)")
+_REFUSAL_REASONS = {
+    **dict.fromkeys(("num_beams", "num_beam_groups", "diversity_penalty", "length_penalty", "early_stopping",
+                     "constraints", "force_words_ids"), _NO_PARTIAL_SEQUENCES),
+    **dict.fromkeys(("repetition_penalty", "encoder_repetition_penalty", "no_repeat_ngram_size",
+                     "encoder_no_repeat_ngram_size", "bad_words_ids", "sequence_bias", "penalty_alpha"),
+                    _AFTER_THE_LATENTS),
+    **dict.fromkeys(("stop_strings", "max_time"), "the latents of every position are sampled before any token, "
+                    "so generation cannot stop early (use eos_token_id: positions after it are padded)"),
+}
 
 
 class TarFlowGenerationConfig(GenerationConfig):
     r"""Generation settings of TarFlowLM (saved as `generation_config.json` next to the weights).
 
     Args:
-        max_new_tokens (`int`, *optional*): tokens to sample after the prompt, a multiple of `patch_size`
-            (default: fill the context).
-        num_return_sequences (`int`): samples per prompt (per call without a prompt).
-        temperature (`float`): τ, the scale of the base noise u ~ N(0, τ²I) (1.0 samples the model, 0 its mode map).
+        max_new_tokens (`int`, *optional*): tokens to sample after the prompt, a multiple of `patch_size`.
+        max_length (`int`, *optional*): the total length, prompt included, when `max_new_tokens` is not given (as
+            in `transformers`); a model's default is its context, so `generate()` fills the context.
+        min_new_tokens (`int`, *optional*), min_length (`int`, *optional*: total): with `eos_token_id`, EOS cannot be
+            drawn at the first new positions, so every row keeps at least this many tokens before its padding.
+            Without EOS every row has exactly the requested length, which may not be below this minimum.
+        num_return_sequences (`int`): samples per prompt (per call without a prompt), ≥ 1.
+        noise_temperature (`float`, *optional*): τ, the scale of the base noise u ~ N(0, τ²I) (1 samples the model,
+            0 gives its mode map). Unset, τ = `temperature`: before the final draw had its own temperature, this
+            is what `temperature` meant, and one knob that cools both random steps is what a GPT-2 user expects.
+        temperature (`float`): the temperature T of the final draw x_t ~ softmax(logits_t / T) (0: argmax), as in
+            `transformers`; also τ unless `noise_temperature` is set.
+        top_k (`int`), top_p (`float`), min_p (`float`): truncate the final draw's softmax per position, with
+            `transformers`' own warpers. Unset means no truncation (not transformers' global default top_k = 50).
         do_sample (`bool`): draw x_t ~ p(x_t|z_t) (categorical, in float64) instead of taking the argmax.
+        eos_token_id (`int | list[int]`, *optional*), pad_token_id (`int`, *optional*): the positions after a row's
+            first EOS among the new tokens hold `pad_token_id` (EOS itself when unset), as `transformers` pads.
         use_cache (`bool`): sequential decoding keeps each layer's keys and values in a preallocated KV cache
             (default); False recomputes the transformer over all earlier patches (slow; a reference).
         decoding (`str`): `"sequential"` (exact, default) or `"jacobi"` (parallel fixed-point iteration per block of
@@ -42,11 +76,15 @@ class TarFlowGenerationConfig(GenerationConfig):
             global RNG.
         output_hidden_states (`bool`), return_dict_in_generate (`bool`): return a `TarFlowGenerateOutput` (with
             the latent after every inverse flow layer when `output_hidden_states`) instead of the ids.
+
+    Every other `GenerationConfig` field (`num_beams`, `repetition_penalty`, `bad_words_ids`, ...) is refused with
+    the reason when set; `bos_token_id` is accepted and unused (sampling without a prompt needs no start token).
     """
 
     def __init__(self, **kwargs):
         kwargs.setdefault("do_sample", True)
         kwargs.setdefault("use_cache", True)
+        self.noise_temperature = kwargs.pop("noise_temperature", None)
         self.seed = kwargs.pop("seed", None)
         self.decoding = kwargs.pop("decoding", "sequential")
         self.jacobi_block_size = kwargs.pop("jacobi_block_size", 32)
@@ -58,23 +96,56 @@ class TarFlowGenerationConfig(GenerationConfig):
         super().__init__(**kwargs)
 
     def validate(self, strict=False, **kwargs):
+        self._check_counts_and_scales()
         # Every draw of u gives a different sequence, so several return sequences are meaningful with an argmax
-        # final decode too; τ scales the base noise, not logits; hidden states alone already ask for an output
+        # final decode too; temperature also scales the base noise; hidden states alone already ask for an output
         # object: hide the three from the base class's checks, which assume an autoregressive token sampler.
         with _hidden(self, "num_return_sequences", "temperature", "output_hidden_states"):
             super().validate(strict, **kwargs)
-        if self.temperature is not None and not self.temperature >= 0:
-            raise ValueError(f"temperature must be ≥ 0 (it scales the base noise u), got {self.temperature}")
+        self._check_unsupported_fields()
         if self.decoding not in DECODINGS:
             raise ValueError(f"decoding must be one of {DECODINGS}, got {self.decoding!r}")
-        for name, least in (("jacobi_block_size", 1), ("jacobi_max_iterations", 1), ("prompt_proposals", 1),
-                            ("prompt_mcmc_steps", 0)):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
-                raise ValueError(f"{name} must be an integer ≥ {least}, got {value!r}")
         for name in ("jacobi_tolerance", "jacobi_fallback_fraction"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)!r}")
+
+    def _check_counts_and_scales(self) -> None:
+        """Integer fields are integers (4.0 is not a token count) in range; scales are real numbers in range."""
+        for name, least in (("max_new_tokens", 1), ("max_length", 1), ("min_new_tokens", 0), ("min_length", 0),
+                            ("num_return_sequences", 1), ("top_k", 0), ("jacobi_block_size", 1),
+                            ("jacobi_max_iterations", 1), ("prompt_proposals", 1), ("prompt_mcmc_steps", 0)):
+            value = getattr(self, name)
+            if value is not None and (not is_integer(value) or value < least):
+                raise ValueError(f"{name} must be an integer ≥ {least}, got {value!r}")
+        if self.seed is not None and not is_integer(self.seed):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        for name, valid, allowed in (
+                ("temperature", lambda t: t >= 0, "≥ 0 (0 is the argmax; unless noise_temperature is set it also "
+                                                  "scales the base noise u)"),
+                ("noise_temperature", lambda t: t >= 0, "≥ 0 (it scales the base noise u; 0 is the mode map)"),
+                ("top_p", lambda p: 0 < p <= 1, "in (0, 1]"), ("min_p", lambda p: 0 <= p <= 1, "in [0, 1]")):
+            value = getattr(self, name)
+            if value is not None and not (_is_real(value) and valid(value)):
+                raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+    def _check_unsupported_fields(self) -> None:
+        off_values = GenerationConfig._get_default_generation_params()
+        for name in vars(GenerationConfig()):
+            if name.startswith("_") or name in HONOURED_FIELDS:
+                continue
+            value = getattr(self, name, None)
+            if value is not None and not (name in off_values and value == off_values[name]):
+                reason = _REFUSAL_REASONS.get(name, "TarFlowLM's sampler has no counterpart for it (it honours "
+                                              f"{sorted(HONOURED_FIELDS - {'transformers_version'})})")
+                raise ValueError(f"{name}={value!r} is not supported by TarFlowLM's generate: {reason}")
+
+    @property
+    def base_noise_scale(self) -> float:
+        """τ: `noise_temperature`, else `temperature`, else 1."""
+        for value in (self.noise_temperature, self.temperature):
+            if value is not None:
+                return value
+        return 1.0
 
     def layer_decoding(self) -> SequentialDecoding | JacobiDecoding:
         """The strategy that inverts each flow layer over its patches."""
@@ -82,6 +153,10 @@ class TarFlowGenerationConfig(GenerationConfig):
             return JacobiDecoding(self.jacobi_block_size, self.jacobi_max_iterations, self.jacobi_tolerance,
                                   self.jacobi_fallback_fraction)
         return SequentialDecoding(use_cache=self.use_cache is not False)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @contextlib.contextmanager
@@ -125,31 +200,38 @@ class TarFlowGenerateOutput(ModelOutput):
 
 @torch.no_grad()
 def generate_tokens(model, input_ids: torch.LongTensor | None, config: TarFlowGenerationConfig,
-                    noise: torch.Tensor | None = None) -> torch.LongTensor | TarFlowGenerateOutput:
+                    noise: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
+                    ) -> torch.LongTensor | TarFlowGenerateOutput:
     """Sample from `model` (a `TarFlowForCausalFlowLM`): see `TarFlowForCausalFlowLM.generate`."""
-    prompt = _checked_prompt(input_ids, model.config)
-    length = _new_token_count(config, prompt, model.config)
+    prompt = _checked_prompt(input_ids, attention_mask, model.config)
+    prompt_length = 0 if prompt is None else prompt.shape[1]
+    length = _new_token_count(config, prompt_length, model.config)
+    min_new_tokens = _min_new_token_count(config, prompt_length, length)
     repeats = config.num_return_sequences or 1
     batch = repeats * (1 if prompt is None else prompt.shape[0])
     generator = torch.Generator(device=model.device).manual_seed(config.seed) if config.seed is not None else None
-    temperature = config.temperature if config.temperature is not None else 1.0
-    u = temperature * _base_noise(noise, (batch, length, model.config.latent_dim), model, generator)
-    if prompt is None:
-        inversion, sample = model.flow.inverse_with_details(u, decoding=config.layer_decoding()), None
-        z_new, hidden_states = inversion.z, inversion.hidden_states
-    else:
+    u = config.base_noise_scale * _base_noise(noise, (batch, length, model.config.latent_dim), model, generator)
+    if prompt is not None:
         prompt = prompt.repeat_interleave(repeats, dim=0)
-        prompt_z = model.codebook.sample(prompt, _standard_normal(prompt.shape + (model.config.latent_dim,),
-                                                                  u, generator))
-        sample = sample_continuation(model.flow, prompt_z.to(u.dtype), u, config.layer_decoding(), temperature,
-                                     config.prompt_proposals, config.prompt_mcmc_steps, generator)
-        inversion, z_new = sample.inversion, sample.z[:, prompt.shape[1]:]
-        hidden_states = model.flow.forward_layers(sample.z)[2][::-1] if config.output_hidden_states else None
-    new_ids = decode_tokens(model.decode(z_new), bool(config.do_sample), generator)
+    z_new, inversion, hidden_states, sample = _sample_latents(model, prompt, u, config, generator)
+    new_ids = draw_tokens(model.decode(z_new), config, min_new_tokens, generator)
     sequences = new_ids if prompt is None else torch.cat([prompt, new_ids], dim=1)
     if not (config.return_dict_in_generate or config.output_hidden_states):
         return sequences
-    return _output(sequences, inversion, hidden_states if config.output_hidden_states else None, sample)
+    return _output(sequences, inversion, hidden_states, sample)
+
+
+def _sample_latents(model, prompt: torch.Tensor | None, u: torch.Tensor, config: TarFlowGenerationConfig,
+                    generator) -> tuple[torch.Tensor, FlowInversion, list | None, PromptedSample | None]:
+    """(z of the new positions, the inversion, the levels [u .. z] if asked for, the prompted sample if any)."""
+    if prompt is None:
+        inversion = model.flow.inverse_with_details(u, decoding=config.layer_decoding())
+        return inversion.z, inversion, inversion.hidden_states if config.output_hidden_states else None, None
+    prompt_z = model.codebook.sample(prompt, _standard_normal(prompt.shape + (model.config.latent_dim,), u, generator))
+    sample = sample_continuation(model.flow, prompt_z.to(u.dtype), u, config.layer_decoding(),
+                                 config.base_noise_scale, config.prompt_proposals, config.prompt_mcmc_steps, generator)
+    hidden_states = model.flow.forward_layers(sample.z)[2][::-1] if config.output_hidden_states else None
+    return sample.z[:, prompt.shape[1]:], sample.inversion, hidden_states, sample
 
 
 def _output(sequences, inversion: FlowInversion, hidden_states, sample: PromptedSample | None
@@ -161,22 +243,35 @@ def _output(sequences, inversion: FlowInversion, hidden_states, sample: Prompted
         prompt_acceptance=None if sample is None else sample.acceptance)
 
 
-def _checked_prompt(input_ids, model_config) -> torch.LongTensor | None:
-    """The prompt (batch, m), or None; errors name what is wrong with it."""
+def _checked_prompt(input_ids, attention_mask, model_config) -> torch.LongTensor | None:
+    """The prompt (batch, m) as int64, or None; errors name what is wrong with it."""
     if input_ids is None:
+        if attention_mask is not None:
+            raise ValueError("attention_mask was given without input_ids: it describes a prompt")
         return None
     patch_size = model_config.patch_size
     if torch.is_tensor(input_ids) and input_ids.dim() == 2 and input_ids.shape[1] % patch_size:
         raise ValueError(f"prompt length {input_ids.shape[1]} is not a multiple of patch_size {patch_size}: the "
                          f"flows condition on whole patches; trim the prompt to a multiple of {patch_size} tokens")
-    check_input_ids(input_ids, model_config.vocab_size, patch_size, model_config.max_position_embeddings,
-                    "input_ids (the prompt)")
-    return input_ids
+    prompt = as_token_ids(input_ids, model_config.vocab_size, patch_size, model_config.max_position_embeddings,
+                          "input_ids (the prompt)")
+    check_unpadded(attention_mask, prompt, "prompts", "batch prompts of equal token length only (e.g. one "
+                   "generate call per group of equal-length prompts), or call generate once per prompt")
+    return prompt
 
 
-def _new_token_count(config: TarFlowGenerationConfig, prompt: torch.Tensor | None, model_config) -> int:
-    context, prompt_length = model_config.max_position_embeddings, 0 if prompt is None else prompt.shape[1]
-    length = config.max_new_tokens if config.max_new_tokens is not None else context - prompt_length
+def _new_token_count(config: TarFlowGenerationConfig, prompt_length: int, model_config) -> int:
+    """`max_new_tokens`, else `max_length` minus the prompt, else the rest of the context."""
+    context = model_config.max_position_embeddings
+    if config.max_new_tokens is not None:
+        length = config.max_new_tokens
+    elif config.max_length is not None:
+        length = config.max_length - prompt_length
+        if length < 1:
+            raise ValueError(f"max_length ({config.max_length}) leaves no room after the prompt ({prompt_length} "
+                             f"tokens): max_length counts the prompt too; use max_new_tokens")
+    else:
+        length = context - prompt_length
     if length < 1:
         raise ValueError(f"the prompt ({prompt_length} tokens) fills the context ({context}): nothing to generate")
     check_length(length, model_config.patch_size, context, "max_new_tokens")
@@ -186,18 +281,24 @@ def _new_token_count(config: TarFlowGenerationConfig, prompt: torch.Tensor | Non
     return length
 
 
+def _min_new_token_count(config: TarFlowGenerationConfig, prompt_length: int, length: int) -> int:
+    """`min_new_tokens`, else `min_length` minus the prompt, else 0; at most the tokens to generate."""
+    if config.min_new_tokens is not None:
+        least = config.min_new_tokens
+    else:
+        least = max(0, (config.min_length or 0) - prompt_length)
+    if least > length:
+        raise ValueError(f"min_new_tokens ({least}, from min_new_tokens or min_length) exceeds the {length} new "
+                         "tokens to generate")
+    return least
+
+
 def _base_noise(noise: torch.Tensor | None, shape: tuple, model, generator) -> torch.Tensor:
     """u ~ N(0, I) of `shape` in the sampling dtype (≥ float32), or the caller's `noise` after checks."""
     dtype = torch.promote_types(model.dtype, torch.float32)
     if noise is None:
         return torch.randn(shape, device=model.device, dtype=dtype, generator=generator)
-    if not torch.is_tensor(noise) or not noise.is_floating_point():
-        raise TypeError(f"noise must be a floating-point torch.Tensor, got {type(noise).__name__}")
-    if tuple(noise.shape) != tuple(shape):
-        raise ValueError(f"noise must have shape (batch · num_return_sequences, max_new_tokens, latent_dim) = "
-                         f"{tuple(shape)}, got {tuple(noise.shape)}")
-    if not bool(torch.isfinite(noise).all()):
-        raise ValueError("noise contains NaN or infinite values")
+    check_noise(noise, shape, "(batch · num_return_sequences, max_new_tokens, latent_dim)")
     return noise.to(device=model.device, dtype=torch.promote_types(noise.dtype, dtype))
 
 
@@ -205,12 +306,5 @@ def _standard_normal(shape: tuple, like: torch.Tensor, generator) -> torch.Tenso
     return torch.randn(shape, device=like.device, dtype=like.dtype, generator=generator)
 
 
-def decode_tokens(logits: torch.Tensor, do_sample: bool, generator: torch.Generator | None = None) -> torch.LongTensor:
-    """x_t ~ softmax(logits_t) drawn in float64 (float32 draws truncate the tails and bias entropy), or argmax."""
-    if not do_sample:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.double(), dim=-1).flatten(0, -2)
-    return torch.multinomial(probs, 1, generator=generator).view(logits.shape[:-1])
-
-
-__all__ = ["TarFlowGenerationConfig", "TarFlowGenerateOutput", "generate_tokens", "decode_tokens", "DECODINGS"]
+__all__ = ["TarFlowGenerationConfig", "TarFlowGenerateOutput", "generate_tokens", "decode_tokens", "DECODINGS",
+           "HONOURED_FIELDS"]

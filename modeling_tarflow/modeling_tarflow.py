@@ -17,7 +17,7 @@ from .generation import TarFlowGenerateOutput, TarFlowGenerationConfig, generate
 from .heads import LinearHead, MaskedAutoregressiveHead
 from .mixtures import normal_log_prob
 from .transformer import CausalConditioner
-from .validation import check_input_ids
+from .validation import as_token_ids, check_layer_counts, check_noise, check_unpadded
 
 try:  # transformers ≥ 5: init functions that skip weights already loaded from a checkpoint
     from transformers import initialization as init
@@ -51,11 +51,53 @@ class TarFlowOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
+class CheckpointMismatchError(ValueError):
+    """Weights that do not fit the model: missing or unexpected tensors, or an edited architecture. `loading_info`
+    holds transformers' load report (`missing_keys`, `unexpected_keys`, `mismatched_keys`, `error_msgs`)."""
+
+    def __init__(self, message: str, loading_info: dict):
+        super().__init__(message)
+        self.loading_info = loading_info
+
+
+def _check_loading_info(loading_info: dict) -> None:
+    problems = {name: sorted(map(str, loading_info.get(name) or ()))
+                for name in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    found = "; ".join(f"{name}: {keys}" for name, keys in problems.items() if keys)
+    if found:
+        raise CheckpointMismatchError(
+            f"the checkpoint does not match the model ({found}); a missing tensor would be initialised at random. "
+            "To start from a partial checkpoint on purpose, build the model from its config and call "
+            "load_state_dict(..., strict=False)", loading_info)
+
+
 class TarFlowPreTrainedModel(PreTrainedModel):
     config_class = TarFlowConfig
     base_model_prefix = "tarflow"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = False
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, refusing weights that do not fit the architecture exactly: a missing
+        or unexpected weight (which transformers would only report, initialising the missing one at random), or a
+        config whose architecture fields differ from those saved with the weights (see
+        `TarFlowConfig.check_architecture_fingerprint`). The load report is on the error as `loading_info`, and
+        returned as usual with `output_loading_info=True`."""
+        wants_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        _check_loading_info(loading_info)
+        model.config.check_architecture_fingerprint()
+        return (model, loading_info) if wants_loading_info else model
+
+    def save_pretrained(self, *args, **kwargs):
+        # One model serves both auto classes: `AutoModel` (as always) and `AutoModelForCausalLM`, which
+        # `pipeline("text-generation")` loads. transformers writes only the class's own `_auto_class` entry.
+        if self._auto_class is not None:
+            location = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
+                                    "AutoModel": location, "AutoModelForCausalLM": location}
+        return super().save_pretrained(*args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -90,7 +132,9 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
     with the tied Bayes decoder p(x|z) (Zhang et al., 2025).
 
     `forward` returns the NELBO; `encode`/`decode` are the codebook's two directions; `flow` maps z ↔ u;
-    `generate` samples u ~ N(0, τ²I), inverts the flows patch by patch and decodes.
+    `generate` samples u ~ N(0, τ²I), inverts the flows patch by patch and decodes. Registered for `AutoModel` and
+    `AutoModelForCausalLM` (the class `pipeline("text-generation")` loads); it is not a next-token model, so
+    `forward` returns the NELBO, not logits.
     """
 
     def __init__(self, config: TarFlowConfig):
@@ -98,11 +142,12 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
         self.codebook = GaussianCodebook(config.vocab_size, config.latent_dim)
         self.flow = FlowStack(config, codebook=self.codebook)
         self.post_init()
-        self.generation_config = TarFlowGenerationConfig()
+        # max_length = the context: `generate()` fills it, and a pipeline takes it as the model's own length
+        self.generation_config = TarFlowGenerationConfig(max_length=config.max_position_embeddings)
 
     def encode(self, input_ids: torch.LongTensor, noise: torch.Tensor | None = None) -> torch.FloatTensor:
         """A sample z ~ q(z|x) = N(μ_x, σ_x² I): (batch, length) → (batch, length, latent_dim)."""
-        self._check_ids(input_ids)
+        input_ids = self._checked_ids(input_ids, noise)
         return self.codebook.sample(input_ids, noise)
 
     def decode(self, z: torch.Tensor) -> torch.FloatTensor:
@@ -117,17 +162,27 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
         num_frozen_flow_layers: int = 0,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
     ) -> TarFlowOutput | tuple:
         r"""NELBO of `input_ids` (batch, length) with one reparameterised z ~ q(z|x).
 
         Args:
+            input_ids (`(batch, length)`): token ids of any integer dtype; the length a multiple of `patch_size`.
             noise (`(batch, length, latent_dim)`, *optional*): ε for z = μ_x + σ_x ε (default: fresh N(0, I)).
-            num_flow_layers (`int`, *optional*): use only the first layers as the prior (progressive training).
+            num_flow_layers (`int`, *optional*): use only the first layers as the prior (progressive training),
+                1 to `config.num_flow_layers`; None uses all.
             num_frozen_flow_layers (`int`): run the codebook and the first layers under `no_grad` (a later
-                progressive stage; 0 trains everything).
+                progressive stage; 0 trains everything), at most the layers in use.
+            attention_mask (*optional*): all ones, as `transformers` tokenizers return it; padding is refused,
+                since every position of the sequence is a latent of the flow.
+            labels (*optional*): if given, must equal `input_ids`: the loss always scores the whole sequence.
         """
-        self._check_ids(input_ids)
+        input_ids = self._checked_ids(input_ids, noise)
+        check_unpadded(attention_mask, input_ids, "inputs", "pass unpadded sequences of equal length (e.g. text "
+                       "grouped into fixed-length blocks)")
+        _check_labels(labels, input_ids)
+        num_flow_layers = check_layer_counts(num_flow_layers, num_frozen_flow_layers, len(self.flow.layers))
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         with torch.set_grad_enabled(torch.is_grad_enabled() and num_frozen_flow_layers == 0):
             z, log_p_x_given_z, log_q_z = self._encode_and_decode(input_ids, noise)
@@ -161,25 +216,26 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
                 reproduced exactly at the start of every returned sequence, and the continuation is sampled from
                 the model's conditional (exactly with left-to-right layers only, by Metropolis–Hastings otherwise;
                 see `prompting.py`). None samples unconditionally.
-            generation_config (`TarFlowGenerationConfig`, *optional*): defaults to `self.generation_config`; keyword
-                arguments override its fields (`max_new_tokens`, `num_return_sequences`, `temperature`, `do_sample`,
-                `use_cache`, `decoding`, `seed`, `output_hidden_states`, `return_dict_in_generate`, ...).
+            generation_config (`GenerationConfig`, *optional*): defaults to `self.generation_config`; keyword
+                arguments override its fields (`max_new_tokens`, `max_length`, `num_return_sequences`, `temperature`,
+                `noise_temperature`, `top_k`, `top_p`, `eos_token_id`, `do_sample`, `decoding`, `seed`, ...: see
+                `TarFlowGenerationConfig`). A field this sampler cannot honour (`num_beams`, `repetition_penalty`,
+                ...) is an error, as is an unknown keyword.
             noise (`(batch · num_return_sequences, max_new_tokens, latent_dim)`, *optional*): the standard-normal
                 base noise to invert (scaled by τ), instead of a fresh draw.
-            attention_mask (*optional*): accepted for `transformers` compatibility; padded prompts are not supported.
+            attention_mask (*optional*): as a tokenizer returns it for a batch of equal-length prompts (all ones);
+                padded prompts are refused.
 
         Returns:
-            `(batch · num_return_sequences, prompt_length + max_new_tokens)` ids, or a `TarFlowGenerateOutput` with
+            `(batch · num_return_sequences, prompt_length + new tokens)` ids, or a `TarFlowGenerateOutput` with
             `return_dict_in_generate=True` or `output_hidden_states=True`.
         """
-        if attention_mask is not None and not bool((attention_mask == 1).all()):
-            raise ValueError("padded prompts are not supported: pass prompts of equal length with no padding")
         base = generation_config if generation_config is not None else self.generation_config
         unknown = set(kwargs) - set(TarFlowGenerationConfig().to_dict())
         if unknown:
             raise ValueError(f"generate() got unknown argument(s) {sorted(unknown)}")
         config = TarFlowGenerationConfig.from_dict({**base.to_dict(), **kwargs})
-        return generate_tokens(self, input_ids, config, noise)
+        return generate_tokens(self, input_ids, config, noise, attention_mask)
 
     def adjust_generation_fn(self, *args, **kwargs):
         # transformers loads generation_config.json as a plain GenerationConfig: restore TarFlowLM's own class
@@ -187,9 +243,23 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
         if not isinstance(self.generation_config, TarFlowGenerationConfig):
             self.generation_config = TarFlowGenerationConfig.from_dict(self.generation_config.to_dict())
 
-    def _check_ids(self, input_ids: torch.Tensor) -> None:
+    def _checked_ids(self, input_ids: torch.Tensor, noise: torch.Tensor | None) -> torch.LongTensor:
+        """`input_ids` as int64 after checks, and the caller's ε checked against them."""
         config = self.config
-        check_input_ids(input_ids, config.vocab_size, config.patch_size, config.max_position_embeddings)
+        input_ids = as_token_ids(input_ids, config.vocab_size, config.patch_size, config.max_position_embeddings)
+        if noise is not None:
+            check_noise(noise, (*input_ids.shape, config.latent_dim), "(batch, length, latent_dim)")
+        return input_ids
 
 
-__all__ = ["TarFlowOutput", "TarFlowPreTrainedModel", "TarFlowForCausalFlowLM"]
+def _check_labels(labels, input_ids: torch.Tensor) -> None:
+    """`labels`, when given, must be `input_ids`: the NELBO scores every token of the sequence, so there are no
+    shifted targets and no ignored (-100) positions to honour."""
+    if labels is None:
+        return
+    if not torch.is_tensor(labels) or labels.shape != input_ids.shape or not torch.equal(labels.long(), input_ids):
+        raise ValueError("labels must equal input_ids (or be left out): TarFlowLM's loss is the NELBO of the whole "
+                         "input_ids sequence, so it has no separate targets and no ignore index (-100)")
+
+
+__all__ = ["CheckpointMismatchError", "TarFlowOutput", "TarFlowPreTrainedModel", "TarFlowForCausalFlowLM"]

@@ -102,7 +102,7 @@ class CausalConditioner(nn.Module):
 
     def forward(self, h: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """h: (B, N, c) patches in this layer's order → f: (B, N, D), f_t depending on h_{<t}."""
-        x = self.proj_in(h[:, :-1])
+        x = self._embed(h[:, :-1])
         x = torch.cat([self.start.expand(h.shape[0], 1, -1).to(x.dtype), x], dim=1)
         return self._run(x, 0, cache)
 
@@ -115,10 +115,14 @@ class CausalConditioner(nn.Module):
         if h_previous is None:
             x = self.start.expand(batch_size, 1, -1)
         else:
-            x = self.proj_in(h_previous)
+            x = self._embed(h_previous)
             if position == 0:
                 x = torch.cat([self.start.expand(batch_size, 1, -1).to(x.dtype), x[:, 1:]], dim=1)
         return self._run(x, position, cache)
+
+    def _embed(self, h: torch.Tensor) -> torch.Tensor:
+        # Couplings return patches in float32 or wider (mixture math); the network runs in its own dtype (bf16 too).
+        return self.proj_in(h.to(self.proj_in.weight.dtype))
 
     def _run(self, x: torch.Tensor, start: int, cache: KVCache | None) -> torch.Tensor:
         x = x + self.position[start:start + x.shape[1]].to(x.dtype)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 
@@ -27,6 +29,14 @@ def check_input_ids(input_ids, vocab_size: int, patch_size: int, max_length: int
         raise ValueError(f"{name} contains id {bad}, outside [0, vocab_size={vocab_size})")
 
 
+def as_token_ids(input_ids, vocab_size: int, patch_size: int, max_length: int,
+                 name: str = "input_ids") -> torch.LongTensor:
+    """`input_ids` after `check_input_ids`, widened to int64: any integer dtype is accepted, and uint8 in
+    particular must not reach an indexing operation, which would read it as a boolean mask."""
+    check_input_ids(input_ids, vocab_size, patch_size, max_length, name)
+    return input_ids.long()
+
+
 def check_length(length: int, patch_size: int, max_length: int, name: str = "sequence") -> None:
     if length % patch_size:
         raise ValueError(f"{name} length {length} is not divisible by patch_size {patch_size}")
@@ -34,4 +44,48 @@ def check_length(length: int, patch_size: int, max_length: int, name: str = "seq
         raise ValueError(f"{name} length {length} exceeds max_position_embeddings {max_length}")
 
 
-__all__ = ["TokenIdDtypeError", "check_input_ids", "check_length"]
+def check_noise(noise, shape: tuple, shape_name: str) -> None:
+    """Raise unless `noise` is a finite floating-point tensor of `shape` (described as `shape_name`)."""
+    if not torch.is_tensor(noise) or not noise.is_floating_point():
+        raise TypeError(f"noise must be a floating-point torch.Tensor, got {type(noise).__name__}"
+                        + (f" of dtype {noise.dtype}" if torch.is_tensor(noise) else ""))
+    if tuple(noise.shape) != tuple(shape):
+        raise ValueError(f"noise must have shape {shape_name} = {tuple(shape)}, got {tuple(noise.shape)}")
+    if not bool(torch.isfinite(noise).all()):
+        raise ValueError("noise contains NaN or infinite values")
+
+
+def check_unpadded(attention_mask, input_ids: torch.Tensor, what: str, how_to_batch: str) -> None:
+    """Raise unless `attention_mask` is None or all ones over `input_ids`' shape: TarFlowLM has no padding
+    positions (every token is a latent of the flow), so a padded batch cannot be honoured exactly."""
+    if attention_mask is None:
+        return
+    if not torch.is_tensor(attention_mask) or tuple(attention_mask.shape) != tuple(input_ids.shape):
+        shape = tuple(attention_mask.shape) if torch.is_tensor(attention_mask) else type(attention_mask).__name__
+        raise ValueError(f"attention_mask must be a tensor shaped like input_ids {tuple(input_ids.shape)}, "
+                         f"got {shape}")
+    if not bool((attention_mask == 1).all()):
+        raise ValueError(f"padded {what} are not supported: attention_mask has zeros, but every position of a "
+                         f"TarFlowLM sequence is a latent of the flow, so padding would change the result; "
+                         f"{how_to_batch}")
+
+
+def check_layer_counts(num_flow_layers, num_frozen_flow_layers, total: int) -> int:
+    """The number of flow layers a forward pass uses (all `total` for None), after checking both counts."""
+    used = total if num_flow_layers is None else num_flow_layers
+    if not is_integer(used) or not 1 <= used <= total:
+        raise ValueError(f"num_flow_layers must be an integer in [1, {total}] (None uses all {total}), "
+                         f"got {num_flow_layers!r}")
+    if not is_integer(num_frozen_flow_layers) or not 0 <= num_frozen_flow_layers <= used:
+        raise ValueError(f"num_frozen_flow_layers must be an integer in [0, {used}] (at most the layers in use), "
+                         f"got {num_frozen_flow_layers!r}")
+    return used
+
+
+def is_integer(value) -> bool:
+    """A Python or NumPy integer, not a bool (True would pass as 1) and not an integral float (4.0)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+__all__ = ["TokenIdDtypeError", "check_input_ids", "as_token_ids", "check_length", "check_noise", "check_unpadded",
+           "check_layer_counts", "is_integer"]
