@@ -52,8 +52,7 @@ class TarFlowGenerationConfig(GenerationConfig):
             Without EOS every row has exactly the requested length, which may not be below this minimum.
         num_return_sequences (`int`): samples per prompt (per call without a prompt), ≥ 1.
         noise_temperature (`float`, *optional*): τ, the scale of the base noise u ~ N(0, τ²I) (1 samples the model,
-            0 gives its mode map). Unset, τ = `temperature`: before the final draw had its own temperature, this
-            is what `temperature` meant, and one knob that cools both random steps is what a GPT-2 user expects.
+            0 gives its mode map). Unset, τ follows `temperature`, so one knob cools both random steps of sampling.
         temperature (`float`): the temperature T of the final draw x_t ~ softmax(logits_t / T) (0: argmax), as in
             `transformers`; also τ unless `noise_temperature` is set.
         top_k (`int`), top_p (`float`), min_p (`float`): truncate the final draw's softmax per position, with

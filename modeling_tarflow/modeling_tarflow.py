@@ -142,8 +142,9 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
         self.codebook = GaussianCodebook(config.vocab_size, config.latent_dim)
         self.flow = FlowStack(config, codebook=self.codebook)
         self.post_init()
-        # max_length = the context: `generate()` fills it, and a pipeline takes it as the model's own length
-        self.generation_config = TarFlowGenerationConfig(max_length=config.max_position_embeddings)
+        # Stated rather than left unset, so that `pipeline("text-generation")` samples as `generate()` does (it fills
+        # in its own max_new_tokens=256 and temperature=0.7 for fields a model leaves unset).
+        self.generation_config = TarFlowGenerationConfig(max_length=config.max_position_embeddings, temperature=1.0)
 
     def encode(self, input_ids: torch.LongTensor, noise: torch.Tensor | None = None) -> torch.FloatTensor:
         """A sample z ~ q(z|x) = N(μ_x, σ_x² I): (batch, length) → (batch, length, latent_dim)."""
