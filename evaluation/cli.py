@@ -1,27 +1,81 @@
-"""Flags and start-up steps shared by the evaluation command lines."""
+"""Settings and start-up steps shared by the evaluation command lines.
+
+Each command's settings are one dataclass whose fields are its flags (parsed with ``HfArgumentParser``, as training's
+settings are) and whose ``__post_init__`` refuses values out of range, naming the flag, the value and what is
+allowed; the evaluated model is the one positional argument. A setting left unset (None) takes its value from
+``--protocol``: ``quick`` (minutes on a laptop CPU, a stated subset) or ``paper`` (the protocol of the paper's
+Tables 2 and 6); a flag given explicitly always wins, and the result JSON records the value that was used.
+"""
 
 import argparse
 import json
 import re
+import sys
+from dataclasses import dataclass, field
 
 import torch
+from transformers import HfArgumentParser
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PROTOCOLS = ("quick", "paper")
+MODEL_HELP = ("the evaluated model: a saved TarFlowLM folder (config model_type 'tarflow') or a transformers causal "
+              "LM (folder or Hub id) as the autoregressive baseline")
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """The evaluated model and how to run it: the same flags in every evaluation command."""
-    parser.add_argument("model", help="the evaluated model: a saved TarFlowLM folder (config model_type 'tarflow') "
-                        "or a transformers causal LM (folder or Hub id) as the autoregressive baseline")
-    parser.add_argument("--output", default=None, help="where to write the result JSON (default: a name derived "
-                        "from the model under outputs/evaluation/)")
-    parser.add_argument("--batch_size", type=int, default=8, help="sequences per forward pass")
-    parser.add_argument("--seed", type=int, default=0, help="seed of torch's global RNG (z draws, sampling, "
-                        "reference-block choice)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                        help="parameter dtype of the loaded models (bounds are accumulated in float64 regardless)")
+class UsageError(Exception):
+    """A problem the user fixes by changing the command or installing something; the message says how, and the
+    command line shows it without a traceback."""
+
+
+class SettingsError(UsageError, ValueError):
+    """A flag value the evaluation cannot use."""
+
+
+def require_at_least(settings, name: str, minimum: int, meaning: str = "") -> None:
+    """Refuse ``--name`` below ``minimum``; None (unset: the protocol or the model decides) passes."""
+    value = getattr(settings, name)
+    if value is not None and not value >= minimum:
+        raise SettingsError(f"--{name} {value}: must be >= {minimum}{meaning}")
+
+
+@dataclass(kw_only=True)
+class EvaluationArguments:
+    """The flags every evaluation command shares: how thorough, where the result goes, and how to run the model."""
+
+    protocol: str = field(default="quick", metadata={"choices": PROTOCOLS, "help": "preset for every setting left "
+                          "unset: 'quick' (minutes on a laptop CPU) or 'paper' (the paper's protocol, slow on a CPU)"})
+    output: str | None = field(default=None, metadata={"help": "where to write the result JSON (default: a name "
+                               "derived from the model under outputs/evaluation/)"})
+    batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
+    seed: int = field(default=0, metadata={"help": "seed of torch's global RNG (z draws, sampling, reference-block "
+                      "choice)"})
+    device: str = field(default="cuda" if torch.cuda.is_available() else "cpu",
+                        metadata={"help": "torch device (default: cuda when available, else cpu)"})
+    dtype: str = field(default="float32", metadata={"choices": sorted(DTYPES), "help": "parameter dtype of the "
+                       "loaded models (bounds are accumulated in float64 regardless)"})
+
+    def __post_init__(self):
+        require_at_least(self, "batch_size", 1)
+
+
+def parse_arguments(arguments_class, argv: list[str], prog: str, description: str):
+    """``(model, settings)``: the positional model name and the flags as an ``arguments_class`` instance."""
+    parser = HfArgumentParser(arguments_class, prog=prog, description=description,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help=MODEL_HELP)
+    values = vars(parser.parse_args(argv))
+    model = values.pop("model")
+    return model, arguments_class(**values)
+
+
+def run_command(main, argv: list[str] | None = None) -> int:
+    """Run an evaluation's ``main``; a usage error is printed as one ``error:`` line (exit status 2, as argparse)."""
+    try:
+        main(sys.argv[1:] if argv is None else argv)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def default_output_path(evaluation: str, *names: str) -> str:

@@ -60,12 +60,23 @@ class GenerativePerplexity:
         return math.exp(sum(self.sample_nll) / sum(self.sample_tokens))
 
     @property
+    def standard_error(self) -> float | None:
+        """Standard error of the Gen-PPL over samples: the ratio estimator r = Σ nll / Σ n has
+        SE(r) ≈ √(Σ (nll_i − r·n_i)² / (N(N − 1))) / mean(n), and SE(exp r) ≈ exp(r)·SE(r) (delta method)."""
+        count = len(self.sample_nll)
+        if count < 2:
+            return None
+        rate = sum(self.sample_nll) / sum(self.sample_tokens)
+        residuals = sum((nll - rate * n) ** 2 for nll, n in zip(self.sample_nll, self.sample_tokens))
+        return self.perplexity * math.sqrt(residuals / (count * (count - 1))) / (sum(self.sample_tokens) / count)
+
+    @property
     def sample_perplexities(self) -> list[float | None]:
         return [math.exp(nll / n) if n else None for nll, n in zip(self.sample_nll, self.sample_tokens)]
 
     def to_dict(self) -> dict:
         per_sample = [p for p in self.sample_perplexities if p is not None]
-        return {"gen_ppl": self.perplexity, "nll_nats": sum(self.sample_nll), "tokens": sum(self.sample_tokens),
+        return {"gen_ppl": self.perplexity, "standard_error": self.standard_error, "nll_nats": sum(self.sample_nll), "tokens": sum(self.sample_tokens),
                 "mean_of_per_sample_ppl": sum(per_sample) / len(per_sample),
                 "per_sample_ppl": self.sample_perplexities, "per_sample_tokens": self.sample_tokens}
 

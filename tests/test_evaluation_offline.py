@@ -22,6 +22,7 @@ def test_an_unreachable_hub_id_fails_with_a_message_naming_the_alternatives(monk
 
 
 def test_a_local_folder_is_used_as_is(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
     assert resolve_model_source(str(tmp_path)) == (str(tmp_path), tmp_path.name)
 
 

@@ -53,10 +53,22 @@ def test_report_has_both_tables_and_a_plot(results, tmp_path):
     assert "Table 2" in text and "Table 6" in text
     assert "| uniform-ar | gpt2 | tiny-literary test | = 4.755 |" in text  # exact NLL of a uniform model
     assert "| latent | tarflow | tiny-literary test | ≤ " in text and "K=8: ≤ " in text
+    latent_row = next(line for line in text.splitlines() if line.startswith("| latent |"))
+    assert latent_row.count(" ± ") == 2 and "| 4 of " in latent_row  # ELBO and K = 8, each with its error
     assert "| Data (tiny-literary validation) | 20 |" in text
     assert "forward.json" in text.split("Skipped")[1]
     assert (tmp_path / "report" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert "![training curves](training_curves.png)" in text
+
+
+def test_by_default_the_report_shows_the_users_own_results_not_the_shipped_ones(results, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for folder, result in (("outputs/evaluation", "ar.json"), ("bench/results", "g.json")):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "result.json").write_text((tmp_path / result).read_text())
+    text = report.main([])
+    assert text.count("| uniform-ar |") == 1 and "Table 6" not in text  # ar.json only, not g.json
+    assert (tmp_path / "outputs" / "evaluation" / "report.md").is_file()
 
 
 def test_jsonl_and_csv_logs_give_the_same_curves(tmp_path):
