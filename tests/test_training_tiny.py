@@ -110,7 +110,7 @@ def test_exported_folder_loads_with_auto_classes(progressive_run):
 
     output_dir, results = progressive_run
     model = AutoModel.from_pretrained(output_dir, trust_remote_code=True)
-    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)  # no prompt: this process imported modeling_tarflow
     assert type(model).__name__ == "TarFlowForCausalFlowLM" and len(tokenizer) == 27
     ids = tokenizer("the cat sat on a mat", return_tensors="pt")["input_ids"][:, :16]
     assert torch.isfinite(model(ids).loss)
@@ -157,6 +157,116 @@ def test_push_to_hub_uploads_the_model_folder_without_run_state(progressive_run)
     assert {"config.json", "model.safetensors", "modeling_tarflow.py", "tokenizer.json", "README.md",
             "results.json"} <= sent
     assert not any(name.startswith(("checkpoints/", "logs/")) for name in sent)
+
+
+class FakeHubApi:
+    """Answers `whoami` like the Hub, for an account `name` with a token of `role`."""
+
+    def __init__(self, name="user", role="write", orgs=()):
+        self.identity = {"name": name, "orgs": [{"name": org} for org in orgs],
+                         "auth": {"accessToken": {"role": role}}}
+
+    def whoami(self):
+        return self.identity
+
+
+def test_push_to_hub_is_checked_before_training(tmp_path):
+    from training.errors import AssetUnavailableError
+    from training.export import check_hub_access
+
+    with pytest.raises(AssetUnavailableError, match="--push_to_hub user/tiny: cannot reach the Hugging Face Hub"):
+        run_in_process(tiny_args(tmp_path, "--push_to_hub", "user/tiny"))  # HF_HUB_OFFLINE=1 in the tests
+    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "checkpoints").exists()
+    assert check_hub_access("team/tiny", FakeHubApi(orgs=["team"])) == "user"
+    assert check_hub_access("tiny", FakeHubApi()) == "user"
+    with pytest.raises(AssetUnavailableError, match="cannot write to 'someone'"):
+        check_hub_access("someone/tiny", FakeHubApi())
+    with pytest.raises(AssetUnavailableError, match="read access"):
+        check_hub_access("user/tiny", FakeHubApi(role="read"))
+
+
+def test_a_pushed_model_card_shows_the_repo_id(progressive_run):
+    import yaml
+    from transformers import AutoModel
+
+    from training.model_card import build_model_card
+    from training.run import architecture_summary
+
+    output_dir, results = progressive_run
+    settings = yaml.safe_load((output_dir / "training_config.yaml").read_text())
+    model = AutoModel.from_pretrained(output_dir, trust_remote_code=True)
+    card = build_model_card(results, {**settings, "push_to_hub": "user/tiny"}, architecture_summary(model))
+    assert 'AutoModel.from_pretrained("user/tiny", trust_remote_code=True)' in card.text
+    assert f'from_pretrained("{output_dir}"' not in card.text
+
+
+def test_the_saved_tokenizer_loads_without_a_prompt_and_knows_the_context(progressive_run):
+    """In a fresh process without this package imported, as the model card writes it."""
+    import subprocess
+    import sys
+
+    output_dir, _ = progressive_run
+    script = (f"from transformers import AutoTokenizer\n"
+              f"t = AutoTokenizer.from_pretrained({str(output_dir)!r}, trust_remote_code=True)\n"
+              "ids = t(['the cat sat on the mat ' * 3, 'a dog'], truncation=True)['input_ids']\n"
+              "print(type(t).__name__, t.model_max_length, [len(row) for row in ids], repr(t.decode(ids[1])))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["TokenizersBackend", "16", "[16,", "5]", "'a", "dog'"]
+    assert "custom code" not in done.stderr and "model of type" not in done.stderr, done.stderr
+
+
+def test_a_refused_resume_names_the_differences_and_leaves_the_run_untouched(progressive_run, tmp_path):
+    import shutil
+
+    from training.errors import CheckpointError
+
+    output_dir, _ = progressive_run
+    shutil.copytree(output_dir / "checkpoints" / "checkpoint-3", tmp_path / "checkpoints" / "checkpoint-3")
+    shutil.copy(output_dir / "training_config.yaml", tmp_path)
+    before = (tmp_path / "training_config.yaml").read_bytes()
+    args = tiny_args(tmp_path, "--save_steps", "1", "--save_total_limit", "20", "--resume_from_checkpoint", "latest",
+                     max_steps=9, stages=(1, 2, 3))
+    heads = {**TINY_MODEL, "num_attention_heads": 4}  # the same tensor shapes
+    args[args.index("--model_config") + 1] = json.dumps(heads)
+    with pytest.raises(CheckpointError, match="model_config.num_attention_heads: 2 in the checkpoint, 4 now"):
+        run_in_process(args + ["--seed", "7"])
+    with pytest.raises(CheckpointError, match="seed: 42 in the checkpoint, 7 now"):
+        run_in_process(tiny_args(tmp_path, "--resume_from_checkpoint", "latest", "--seed", "7", max_steps=9,
+                                 stages=(1, 2, 3)))
+    assert (tmp_path / "training_config.yaml").read_bytes() == before
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-3"]
+
+
+def test_an_incomplete_checkpoint_is_skipped_and_the_run_still_ends_as_uninterrupted(progressive_run, tmp_path,
+                                                                                        capsys):
+    import shutil
+
+    output_dir, _ = progressive_run
+    for step in (7, 8):
+        shutil.copytree(output_dir / "checkpoints" / f"checkpoint-{step}",
+                        tmp_path / "checkpoints" / f"checkpoint-{step}")
+    (tmp_path / "checkpoints" / "checkpoint-8" / "random_states_0.pkl").unlink()
+    run_in_process(tiny_args(tmp_path, "--save_steps", "1", "--save_total_limit", "20", "--resume_from_checkpoint",
+                             "latest", max_steps=9, stages=(1, 2, 3)))
+    out = capsys.readouterr().out
+    assert "checkpoint-8 is incomplete (missing or truncated: random_states_0.pkl)" in out
+    assert "resumed from" in out and "checkpoint-7 at step 7" in out
+    assert_same(load_file(tmp_path / "model.safetensors"), load_file(output_dir / "model.safetensors"))
+
+
+def test_offline_paper_data_and_tokenizer_fail_in_one_line_naming_the_local_flag(tmp_path, capsys):
+    from training.run import cli
+
+    assert cli(tiny_args(tmp_path / "text8", "--dataset", "text8")) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: could not download http://mattmahoney.net/dc/text8.zip")
+    assert "--dataset" in error and "\n" not in error
+    assert cli(tiny_args(tmp_path / "gpt2", "--tokenizer", "gpt2")) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: could not load the tokenizer 'gpt2'") and "--tokenizer" in error
+    assert "\n" not in error
 
 
 @pytest.fixture

@@ -7,19 +7,33 @@ the preset's, so ``--model_config '{"hidden_size": 64}'`` changes only the width
 Flags shared with ``transformers.TrainingArguments`` keep its names (``--output_dir``, ``--max_steps``, ...).
 """
 
+import argparse
 import dataclasses
+import difflib
+import inspect
 import json
+import types
+import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 from transformers import HfArgumentParser
 
+from modeling_tarflow import TarFlowConfig
 from training.data import DataConfig
+from training.errors import SettingsError
 
 MODEL_KINDS = ("tarflow", "gpt2")
 SCHEDULER_TYPES = ("cosine", "linear", "constant_with_warmup")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+POSITIVE_SETTINGS = ("max_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
+                     "gradient_accumulation_steps", "logging_steps", "eval_steps", "save_total_limit",
+                     "max_nonfinite_steps")
+NON_NEGATIVE_SETTINGS = {  # name -> what 0 means; a negative clip norm or decay would reverse the update
+    "learning_rate": "", "warmup_steps": " (0: no warmup)", "weight_decay": " (0: no decay)",
+    "max_grad_norm": " (0: no clipping)", "save_steps": " (0: never)"}
 
 
 @dataclass
@@ -75,16 +89,19 @@ class TrainingSettings:
 
     def __post_init__(self):
         self.model_config = parse_json_setting(self.model_config, "model_config")
-        positive = ("max_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
-                    "gradient_accumulation_steps", "logging_steps", "eval_steps", "save_total_limit",
-                    "max_nonfinite_steps")
-        for name in positive:
+        check_model_config_keys(self.model_config)
+        for name in POSITIVE_SETTINGS:
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+                raise SettingsError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        for name, meaning in NON_NEGATIVE_SETTINGS.items():
+            if not getattr(self, name) >= 0:  # also refuses NaN
+                raise SettingsError(f"--{name} must be >= 0{meaning}, got {getattr(self, name)}")
+        if self.learning_rate == 0:
+            warnings.warn("--learning_rate 0: the optimizer will not move the weights", UserWarning, stacklevel=2)
         if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
+            raise SettingsError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.model not in MODEL_KINDS:
-            raise ValueError(f"--model must be one of {MODEL_KINDS}, got {self.model!r}")
+            raise SettingsError(f"--model must be one of {MODEL_KINDS}, got {self.model!r}")
 
     @property
     def preset_name(self) -> str:
@@ -99,10 +116,27 @@ def parse_json_setting(value, name: str) -> dict:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as error:
-            raise ValueError(f"--{name} must be a JSON object, got {value!r}: {error}") from error
+            raise SettingsError(f"--{name} must be a JSON object, got {value!r}: {error}") from error
     if not isinstance(value, dict):
-        raise ValueError(f"--{name} must be a mapping, got {value!r}")
+        raise SettingsError(f"--{name} must be a mapping, got {value!r}")
     return value
+
+
+def tarflow_config_arguments() -> list[str]:
+    """The keyword arguments `TarFlowConfig` itself declares (the model's hyper-parameters)."""
+    return [name for name, parameter in inspect.signature(TarFlowConfig.__init__).parameters.items()
+            if name != "self" and parameter.kind is not inspect.Parameter.VAR_KEYWORD]
+
+
+def check_model_config_keys(model_config: dict) -> None:
+    """Every ``--model_config`` key must be a `TarFlowConfig` argument or attribute: `PretrainedConfig` would
+    store a misspelt one (``hiden_size``) as an extra attribute and train the default width instead."""
+    own = tarflow_config_arguments()
+    unknown = sorted(set(model_config) - set(own) - set(TarFlowConfig().to_dict()))
+    if unknown:
+        guesses = {key: difflib.get_close_matches(key, own, n=1) for key in unknown}
+        hints = "".join(f"; did you mean {guess[0]!r} for {key!r}?" for key, guess in guesses.items() if guess)
+        raise SettingsError(f"--model_config: unknown key(s) {unknown}{hints}; TarFlowConfig takes {', '.join(own)}")
 
 
 def find_preset(name: str) -> Path:
@@ -112,31 +146,76 @@ def find_preset(name: str) -> Path:
         if path.is_file():
             return path
     available = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-    raise FileNotFoundError(f"no preset {name!r}: not a file, and not one of training/configs/ ({available})")
+    raise SettingsError(f"no preset {name!r}: not a file, and not one of training/configs/ ({available})")
 
 
 def load_preset(name: str) -> dict:
-    """The flat ``{flag: value}`` mapping of a YAML or JSON preset; unknown keys are an error."""
+    """The flat ``{flag: value}`` mapping of a YAML or JSON preset; unknown keys and wrong types are an error."""
     path = find_preset(name)
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise SettingsError(f"{path}: not valid YAML: {error}") from error
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: a preset is a mapping of flag names to values")
-    known = {f.name for cls in (TrainingSettings, DataConfig) for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+        raise SettingsError(f"{path}: a preset is a mapping of flag names to values")
+    fields = {**typing.get_type_hints(TrainingSettings), **typing.get_type_hints(DataConfig)}  # (HfArgumentParser
+    unknown = sorted(set(values) - set(fields))  # rewrites dataclasses.fields' types in place)
     if unknown:
-        raise ValueError(f"{path}: unknown setting(s) {unknown}; presets use the command-line flag names")
+        raise SettingsError(f"{path}: unknown setting(s) {unknown}; presets use the command-line flag names")
+    for key, value in values.items():
+        if not has_type(value, fields[key]):
+            raise SettingsError(f"{path}: {key} must be {type_name(fields[key])}, got {value!r} "
+                                f"({type(value).__name__}){yaml_number_hint(value)}")
     return values
+
+
+def has_type(value, annotation) -> bool:
+    """Whether a preset value fits a field's annotation. Preset values become argparse defaults, which skip the
+    flag's type conversion, so a ``max_steps: 1000.0`` would otherwise reach the loop as a float."""
+    if typing.get_origin(annotation) in (types.UnionType, typing.Union):
+        return any(has_type(value, option) for option in typing.get_args(annotation))
+    if typing.get_origin(annotation) is list:
+        return isinstance(value, list) and all(has_type(item, typing.get_args(annotation)[0]) for item in value)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, typing.get_origin(annotation) or annotation)
+
+
+def type_name(annotation) -> str:
+    return str(annotation).replace("typing.", "") if typing.get_args(annotation) else annotation.__name__
+
+
+def yaml_number_hint(value) -> str:
+    """YAML 1.1 (PyYAML) reads ``1e-3`` as text: a float needs a dot, ``1.0e-3``."""
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return ""
+    return " (YAML reads a number without a dot before the exponent as text: write 1.0e-3, not 1e-3)" \
+        if isinstance(value, str) else ""
+
+
+def preset_flag(argv: list[str] | None) -> str | None:
+    """``--config`` alone, read before the full parser is built so that ``--help`` can show the preset's values."""
+    reader = argparse.ArgumentParser(add_help=False)
+    reader.add_argument("--config")
+    return reader.parse_known_args(argv)[0].config
 
 
 def parse_settings(argv: list[str] | None = None) -> tuple[TrainingSettings, DataConfig]:
     """Flags → (training settings, data config), with a ``--config`` preset underneath the flags."""
     parser = HfArgumentParser((TrainingSettings, DataConfig))
-    preset_name = parser.parse_known_args(argv)[0].config
+    preset_name = preset_flag(argv)
     preset = load_preset(preset_name) if preset_name else {}
-    parser.set_defaults(**preset)
+    parser.set_defaults(**preset)  # before parsing: --help then shows the preset's values
+    if preset_name:
+        parser.description = f"Defaults shown below include those of the preset {find_preset(preset_name)}."
     settings, data_config = parser.parse_args_into_dataclasses(argv)
     if isinstance(preset.get("model_config"), dict):  # a command-line model_config refines the preset's
         settings.model_config = {**preset["model_config"], **settings.model_config}
+        check_model_config_keys(settings.model_config)
     if settings.output_dir is None:
         settings.output_dir = str(Path("outputs") / f"{settings.preset_name}-{settings.model}")
     return settings, data_config

@@ -1,20 +1,32 @@
-"""Resumable checkpoints: `accelerator.save_state` into a temporary folder, renamed into place when complete.
+"""Resumable checkpoints and the output folder they live in.
 
-A folder named ``checkpoint-<step>`` is therefore always whole: a run killed while saving leaves only a
-``.tmp-checkpoint-<step>`` folder, which resuming ignores and the next save clears. (Accelerate's own automatic
-checkpoint naming writes in place, so it cannot give this guarantee; its ``total_limit`` pruning is replaced by
-`prune_checkpoints` here.) Several processes must share the output folder's file system.
+A checkpoint is `accelerator.save_state` into a temporary folder plus ``checkpoint.json`` (the run's settings and
+the size of every file written), renamed into place when complete. A folder named ``checkpoint-<step>`` is
+therefore whole unless something removed a file since; resuming checks the list and falls back to the newest whole
+checkpoint. A run killed while saving leaves only a ``.tmp-checkpoint-<step>`` folder, which resuming ignores and
+the next save clears. (Accelerate's own automatic checkpoint naming writes in place, so it cannot give this
+guarantee; its ``total_limit`` pruning is replaced by `prune_checkpoints` here.) Several processes must share the
+output folder's file system; one run at a time owns it (`output_dir_lock`).
 """
 
+import contextlib
+import fcntl
+import json
+import os
 import re
 import shutil
+import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from accelerate import Accelerator
+from training.errors import CheckpointError, OutputDirBusyError
 
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
 TEMPORARY_PREFIX = ".tmp-"
+MANIFEST = "checkpoint.json"
+LOCK_FILE = "training.lock"
 
 
 @dataclass
@@ -36,34 +48,93 @@ class TrainingProgress:
             setattr(self, name, value)
 
 
+@contextlib.contextmanager
+def output_dir_lock(output_dir: str | Path, is_main_process: bool):
+    """Hold an exclusive lock on `output_dir` for the life of the run (main process only), so that a second run
+    cannot overwrite its checkpoints, metrics and model. It is a `flock` on ``training.lock``, which the operating
+    system drops when the process ends, however it ends: a killed run never blocks its own resume."""
+    if not is_main_process:
+        yield
+        return
+    path = Path(output_dir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as error:
+        holder = path.read_text().strip() or "another process"
+        os.close(descriptor)
+        raise OutputDirBusyError(f"--output_dir {output_dir} is in use by another training run ({holder}, which "
+                                 f"holds {path}); wait for it to end or choose another --output_dir") from error
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"process {os.getpid()} on {socket.gethostname()}\n".encode())
+    try:
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
 def checkpoints_root(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
 def complete_checkpoints(output_dir: str | Path) -> list[Path]:
-    """The whole checkpoints of a run, oldest first."""
+    """The renamed (finished) checkpoint folders of a run, oldest first."""
     root = checkpoints_root(output_dir)
     found = [path for path in root.iterdir() if path.is_dir() and CHECKPOINT_PATTERN.fullmatch(path.name)] \
         if root.is_dir() else []
     return sorted(found, key=lambda path: int(CHECKPOINT_PATTERN.fullmatch(path.name).group(1)))
 
 
-def find_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: str | Path) -> Path | None:
-    """``None``: start fresh; ``"latest"``: the newest whole checkpoint of `output_dir` (None if there is none);
-    anything else: that checkpoint folder, which must exist."""
+def missing_files(checkpoint: Path) -> list[str]:
+    """What a checkpoint lacks compared with its manifest (everything, if the manifest itself is missing)."""
+    manifest = checkpoint / MANIFEST
+    if not manifest.is_file():
+        return [MANIFEST]
+    return [name for name, size in read_manifest(checkpoint)["files"].items()
+            if not (checkpoint / name).is_file() or (checkpoint / name).stat().st_size != size]
+
+
+def read_manifest(checkpoint: Path) -> dict:
+    """``{"step": n, "files": {name: bytes}, "run": the run record}`` as `save_checkpoint` wrote it."""
+    return json.loads((checkpoint / MANIFEST).read_text())
+
+
+def find_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: str | Path,
+                           report: Callable[[str], None] = print) -> Path | None:
+    """``None``: start fresh; ``"latest"``: the newest whole checkpoint of `output_dir` (None if there is none at
+    all), skipping incomplete ones with a note; anything else: that checkpoint folder, which must be whole."""
     if resume_from_checkpoint is None:
         return None
-    if resume_from_checkpoint == "latest":
-        checkpoints = complete_checkpoints(output_dir)
-        return checkpoints[-1] if checkpoints else None
-    path = Path(resume_from_checkpoint)
+    if resume_from_checkpoint != "latest":
+        return _whole_checkpoint(Path(resume_from_checkpoint))
+    checkpoints = complete_checkpoints(output_dir)
+    for checkpoint in reversed(checkpoints):
+        missing = missing_files(checkpoint)
+        if not missing:
+            return checkpoint
+        report(f"{checkpoint} is incomplete (missing or truncated: {', '.join(missing)}): trying an older one")
+    if checkpoints:
+        raise CheckpointError(f"no whole checkpoint in {checkpoints_root(output_dir)} to resume from; start a new "
+                              "run without --resume_from_checkpoint, or in a new --output_dir")
+    return None
+
+
+def _whole_checkpoint(path: Path) -> Path:
     if not path.is_dir():
-        raise FileNotFoundError(f"--resume_from_checkpoint {resume_from_checkpoint}: no such checkpoint folder")
+        raise CheckpointError(f"--resume_from_checkpoint {path}: no such checkpoint folder")
+    missing = missing_files(path)
+    if missing:
+        raise CheckpointError(f"--resume_from_checkpoint {path}: the checkpoint is incomplete (missing or "
+                              f"truncated: {', '.join(missing)}); pass an older checkpoint, or 'latest' for the "
+                              "newest whole one")
     return path
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, total_limit: int) -> Path:
-    """Write the full training state at `step` atomically, then keep only the newest `total_limit` checkpoints."""
+def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, total_limit: int,
+                    run_record: dict) -> Path:
+    """Write the full training state at `step` atomically, with a manifest holding `run_record` and the size of
+    every file, then keep only the newest `total_limit` checkpoints."""
     root = checkpoints_root(output_dir)
     final, temporary = root / f"checkpoint-{step}", root / f"{TEMPORARY_PREFIX}checkpoint-{step}"
     if accelerator.is_main_process:
@@ -71,8 +142,9 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
         root.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary))
-    accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()  # every process's files (its random_states_<i>.pkl) are written
     if accelerator.is_main_process:
+        write_manifest(temporary, step, run_record)
         if final.exists():  # the same step saved by an earlier attempt of this run
             shutil.rmtree(final)
         temporary.rename(final)
@@ -81,8 +153,13 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
     return final
 
 
+def write_manifest(folder: Path, step: int, run_record: dict) -> None:
+    files = {str(path.relative_to(folder)): path.stat().st_size for path in sorted(folder.rglob("*")) if path.is_file()}
+    (folder / MANIFEST).write_text(json.dumps({"step": step, "files": files, "run": run_record}, indent=1) + "\n")
+
+
 def prune_checkpoints(output_dir: str | Path, total_limit: int) -> None:
-    """Delete all but the newest `total_limit` whole checkpoints, and every leftover temporary folder."""
+    """Delete all but the newest `total_limit` checkpoints, and every leftover temporary folder."""
     for stale in checkpoints_root(output_dir).glob(f"{TEMPORARY_PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
     for old in complete_checkpoints(output_dir)[:-total_limit]:

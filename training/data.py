@@ -34,6 +34,7 @@ import pyarrow as pa
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from .errors import AssetUnavailableError, DataError, MissingDataError, SettingsError
 from .tokenization_char import build_char_tokenizer, encode_text8, text8_normalize
 
 SHIPPED_CORPUS = "tiny-literary"
@@ -78,11 +79,11 @@ class DataConfig:
         for name in ("block_size", "max_train_blocks", "max_eval_blocks"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"DataConfig.{name} must be a positive integer or None, got {value}")
+                raise SettingsError(f"DataConfig.{name} must be a positive integer or None, got {value}")
         if self.dataset == "text8" and not self.uses_characters:
-            raise ValueError(f"DataConfig.tokenizer: text8 is a character corpus, use 'char', not {self.tokenizer!r}")
+            raise SettingsError(f"DataConfig.tokenizer: text8 is a character corpus, use 'char', not {self.tokenizer!r}")
         if self.dataset in ("openwebtext", OPENWEBTEXT_HUB_ID) and self.uses_characters:
-            raise ValueError("DataConfig.tokenizer: openwebtext needs a document tokenizer such as 'gpt2', not 'char'")
+            raise SettingsError("DataConfig.tokenizer: openwebtext needs a document tokenizer such as 'gpt2', not 'char'")
 
     @property
     def uses_characters(self) -> bool:
@@ -106,7 +107,11 @@ class TokenBlocks(torch.utils.data.Dataset):
         self._stream = _flat_token_stream(tokens)
 
     def __len__(self) -> int:
-        return len(self._stream) // self.block_size
+        return self.num_tokens // self.block_size
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self._stream)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         index = index + len(self) if index < 0 else index
@@ -222,7 +227,14 @@ def pack_documents(documents: datasets.Dataset, tokenizer: PreTrainedTokenizerBa
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     """``"char"``: the 27-symbol character tokenizer; anything else: `AutoTokenizer` (Hub id or local folder)."""
-    return build_char_tokenizer() if name == CHARACTER_TOKENIZER else AutoTokenizer.from_pretrained(name)
+    if name == CHARACTER_TOKENIZER:
+        return build_char_tokenizer()
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except OSError as error:
+        raise AssetUnavailableError(
+            f"could not load the tokenizer {name!r} ({_first_line(error)}); offline, pass a local tokenizer folder "
+            "with --tokenizer (one written by save_pretrained, e.g. shared/data/gpt2-tokenizer)") from error
 
 
 def build_datasets(config: DataConfig) -> tuple[dict[str, torch.utils.data.Dataset], PreTrainedTokenizerBase]:
@@ -233,9 +245,13 @@ def build_datasets(config: DataConfig) -> tuple[dict[str, torch.utils.data.Datas
     subset still covers the whole split.
     """
     tokenizer = load_tokenizer(config.tokenizer)
+    tokenizer.model_max_length = config.block_size  # the context the model is trained for, saved with it
     splits = {}
     for split in _available_splits(config):
         blocks = _build_split(config, split, tokenizer)
+        if len(blocks) == 0 and split != "test":  # only evaluation reads the test split
+            raise DataError(f"the {split} split of {config.dataset!r} holds {blocks.num_tokens} tokens, fewer than "
+                            f"one block of {config.block_size}; lower --block_size or use more data")
         limit = config.max_train_blocks if split == "train" else config.max_eval_blocks
         splits[split] = _evenly_spaced_subset(blocks, limit)
     return splits, tokenizer
@@ -281,13 +297,13 @@ def _local_path(source: str) -> Path | None:
         return path
     if source == SHIPPED_CORPUS:
         if not SHIPPED_CORPUS_DIR.is_dir():
-            raise FileNotFoundError(
+            raise MissingDataError(
                 f"the shipped corpus is not at {SHIPPED_CORPUS_DIR}: it lives in data/{SHIPPED_CORPUS} of the "
                 "repository checkout and is not part of an installed wheel; pass the folder's path instead")
         return SHIPPED_CORPUS_DIR
     if _HUB_ID.fullmatch(source) and not source.endswith(_DATA_FILE_ENDINGS):
         return None
-    raise FileNotFoundError(f"dataset {source!r} is neither an existing file or folder nor a Hub id like 'owner/name'")
+    raise MissingDataError(f"dataset {source!r} is neither an existing file or folder nor a Hub id like 'owner/name'")
 
 
 def _split_file_candidates(folder: Path, split: str, suffixes: tuple[str, ...]) -> list[Path]:
@@ -299,7 +315,7 @@ def _split_file(folder: Path, split: str, suffixes: tuple[str, ...]) -> Path:
     candidates = _split_file_candidates(folder, split, suffixes)
     if not candidates:
         looked_for = ", ".join(f"{stem}{suffix}" for stem in _SPLIT_FILE_STEMS[split] for suffix in suffixes)
-        raise FileNotFoundError(f"no {split} file in {folder}: looked for {looked_for}")
+        raise MissingDataError(f"no {split} file in {folder}: looked for {looked_for}")
     return candidates[0]
 
 
@@ -312,25 +328,53 @@ def _split_bounds(length: int, split: str) -> tuple[int, int]:
 def _read_text(path: Path) -> str:
     """A text file as UTF-8, also gzipped or as the only member of a zip (``text8.zip``; judged by content, since
     the download cache drops file names), without trailing newlines."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            members = [name for name in archive.namelist() if not name.endswith("/")]
-            if len(members) != 1:
-                raise ValueError(f"{path} holds {len(members)} files; expected a single text file like text8.zip")
-            return archive.read(members[0]).decode("utf-8").rstrip("\n")
-    with open(path, "rb") as f:
-        is_gzip = f.read(2) == b"\x1f\x8b"
-    with (gzip.open(path, "rt", encoding="utf-8") if is_gzip else open(path, encoding="utf-8")) as f:
-        return f.read().rstrip("\n")  # a text8 file written with print() ends in a newline that is not data
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                members = [name for name in archive.namelist() if not name.endswith("/")]
+                if len(members) != 1:
+                    raise DataError(f"{path} holds {len(members)} files; expected a single text file like text8.zip")
+                return archive.read(members[0]).decode("utf-8").rstrip("\n")
+        with open(path, "rb") as f:
+            is_gzip = f.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rt", encoding="utf-8") if is_gzip else open(path, encoding="utf-8")) as f:
+            return f.read().rstrip("\n")  # a text8 file written with print() ends in a newline that is not data
+    except UnicodeDecodeError as error:
+        raise _not_utf8(path, error) from error
+
+
+def _not_utf8(path: Path, error: UnicodeDecodeError) -> DataError:
+    return DataError(f"{path}: not UTF-8 text ({error.reason}, byte {error.object[error.start:error.start + 1]!r} at "
+                     f"offset {error.start}); convert it first, e.g. `iconv -f latin1 -t utf-8`")
 
 
 def _download(url: str, cache_dir: str | None) -> Path:
-    """A file from the web, through the `datasets` download cache (offline: ConnectionError)."""
+    """A file from the web, through the `datasets` download cache; offline, an error naming the local way."""
     download_config = datasets.DownloadConfig(cache_dir=cache_dir)
-    return Path(datasets.DownloadManager(download_config=download_config).download(url))
+    try:
+        return Path(datasets.DownloadManager(download_config=download_config).download(url))
+    except (ConnectionError, OSError) as error:
+        raise AssetUnavailableError(
+            f"could not download {url} ({_first_line(error)}); offline, pass a local copy with --dataset: the "
+            "text8.zip file, or a folder of train / valid / test .txt(.gz) files such as "
+            "shared/data/literary-text8") from error
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _load_hub_documents(source: str, split: str, cache_dir: str | None) -> datasets.Dataset:
+    try:
+        return _load_hub_split(source, split, cache_dir)
+    except ConnectionError as error:
+        raise AssetUnavailableError(
+            f"could not load the dataset {source!r} from the Hub ({_first_line(error)}); offline, pass a local "
+            "copy with --dataset: a folder of train / valid / test .jsonl(.gz) or .txt(.gz) files such as "
+            "shared/data/literary-docs") from error
+
+
+def _load_hub_split(source: str, split: str, cache_dir: str | None) -> datasets.Dataset:
     if source not in ("openwebtext", OPENWEBTEXT_HUB_ID):
         return datasets.load_dataset(source, split=split, cache_dir=cache_dir)
     if split == "test":
@@ -342,13 +386,18 @@ def _load_hub_documents(source: str, split: str, cache_dir: str | None) -> datas
 
 def _load_document_file(path: Path, cache_dir: str | None) -> datasets.Dataset:
     """Documents of a ``.jsonl(.gz)`` file (field ``text``) or a ``.txt(.gz)`` file (one per non-empty line)."""
-    if path.name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
-        documents = datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=cache_dir)
-    elif path.name.endswith(_CHARACTER_SUFFIXES):
-        documents = datasets.load_dataset("text", data_files=str(path), split="train", cache_dir=cache_dir)
+    if not path.name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz", *_CHARACTER_SUFFIXES)):
+        raise DataError(f"{path}: expected .jsonl(.gz) documents with a 'text' field or .txt(.gz), one per line")
+    builder = "text" if path.name.endswith(_CHARACTER_SUFFIXES) else "json"
+    try:
+        documents = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir)
+    except (UnicodeDecodeError, datasets.exceptions.DatasetGenerationError) as error:
+        cause = error if isinstance(error, UnicodeDecodeError) else error.__cause__
+        if isinstance(cause, UnicodeDecodeError):
+            raise _not_utf8(path, cause) from error
+        raise
+    if builder == "text":
         documents = documents.filter(lambda row: bool(row["text"].strip()), desc="Dropping empty lines")
-    else:
-        raise ValueError(f"{path}: expected .jsonl(.gz) documents with a 'text' field or .txt(.gz), one per line")
     if "text" not in documents.column_names:
-        raise ValueError(f"{path}: documents need a 'text' field; found {documents.column_names}")
+        raise DataError(f"{path}: documents need a 'text' field; found {documents.column_names}")
     return documents

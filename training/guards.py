@@ -1,7 +1,9 @@
-"""NaN / inf safety: a non-finite step is skipped and reported; a run that keeps producing them stops clearly, and
-weights that are not finite are never written to a checkpoint."""
+"""Run safety: a non-finite step is skipped and reported, a run that keeps producing them stops clearly, weights
+that are not finite are never written to a checkpoint, and SIGTERM / SIGINT stop the run at a step boundary."""
 
 import math
+import signal
+import threading
 
 import torch
 from torch import nn
@@ -41,3 +43,34 @@ def check_finite_parameters(model: nn.Module, where: str) -> None:
     if bad:
         raise NonFiniteTrainingError(f"{where}: non-finite values in {len(bad)} parameter(s), e.g. {bad[:3]}; "
                                      "nothing was written")
+
+
+class StopSignals:
+    """Inside ``with``: SIGTERM (a cluster's pre-emption) and SIGINT (Ctrl-C) set `received` instead of killing the
+    process, so the loop can write a checkpoint at the next step boundary. The first signal puts the previous
+    handlers back, so a second one acts at once; a signal the process ignores stays ignored."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():  # Python runs handlers in the main thread only
+            for signum in self.SIGNALS:
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._restore()
+
+    def _handle(self, signum: int, frame) -> None:
+        self.received = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}

@@ -3,7 +3,9 @@ module decides what happens at each optimizer step (stage, NaN guard, EMA, loggi
 
 import hashlib
 import os
+import signal
 import time
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
@@ -11,9 +13,10 @@ from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, s
 from tqdm.auto import tqdm
 
 from training.arguments import TrainingSettings
-from training.checkpointing import TrainingProgress, find_resume_checkpoint, save_checkpoint
+from training.checkpointing import TrainingProgress, checkpoints_root, save_checkpoint
 from training.ema import build_ema
-from training.guards import NonFiniteStepGuard, check_finite_parameters
+from training.errors import TrainingStopped
+from training.guards import NonFiniteStepGuard, StopSignals, check_finite_parameters
 from training.optimization import build_lr_scheduler, build_optimizer
 from training.stages import Stage, StageSchedule, freeze_averaged_weights, set_trainable
 from training.tracking import TrainingLog, trackers
@@ -65,12 +68,9 @@ def micro_batches(accelerator: Accelerator, loader, position: int):
         epoch, skip = epoch + 1, 0
 
 
-def resume_training(accelerator: Accelerator, settings: TrainingSettings, progress: TrainingProgress) -> None:
-    """Continue from ``--resume_from_checkpoint`` (weights, optimizer, schedule, EMA, RNGs, data position, stage)."""
-    checkpoint = find_resume_checkpoint(settings.resume_from_checkpoint, settings.output_dir)
+def resume_training(accelerator: Accelerator, checkpoint: Path | None, progress: TrainingProgress) -> None:
+    """Continue from `checkpoint` (weights, optimizer, schedule, EMA, RNGs, data position, stage), if any."""
     if checkpoint is None:
-        if settings.resume_from_checkpoint:
-            accelerator.print("no checkpoint to resume from: starting from step 0")
         return
     accelerator.load_state(str(checkpoint))
     accelerator.print(f"resumed from {checkpoint} at step {progress.step} (stage {progress.stage + 1}, "
@@ -81,13 +81,15 @@ class Trainer:
     """Trains one model; `train()` runs (or resumes) the steps, `evaluate()` scores the EMA weights.
 
     `model` must have been built right after `set_seed(settings.seed)`, so every process starts from the same
-    weights; `characters` says whether losses are reported as BPC (characters) or perplexity.
+    weights; `characters` says whether losses are reported as BPC (characters) or perplexity; `run_record`
+    (`training.run_record`) is stored in every checkpoint.
     """
 
     def __init__(self, settings: TrainingSettings, accelerator: Accelerator, recipe, model: torch.nn.Module,
-                 splits: dict, schedule: StageSchedule, characters: bool):
+                 splits: dict, schedule: StageSchedule, characters: bool, run_record: dict):
         self.settings, self.accelerator, self.recipe, self.schedule = settings, accelerator, recipe, schedule
-        self.characters = characters
+        self.characters, self.run_record = characters, run_record
+        self.last_saved_step: int | None = None
         optimizer = build_optimizer(model, settings)
         self.lr_scheduler = build_lr_scheduler(optimizer, schedule, settings)
         self.model, self.optimizer, self.train_loader, self.eval_loader = accelerator.prepare(
@@ -121,15 +123,43 @@ class Trainer:
         bar = tqdm(total=settings.max_steps, initial=progress.step, unit="step", dynamic_ncols=True,
                    disable=not self.accelerator.is_local_main_process, desc=f"training {self.recipe.kind}")
         batches = micro_batches(self.accelerator, self.train_loader, progress.micro_batches)
-        while progress.step < settings.max_steps:
-            stage = self.schedule.stage_at(progress.step)
-            self._enter_stage(stage)
-            started = time.perf_counter()
-            loss, grad_norm = self._optimizer_step(batches, stage)
-            self.log.add(loss, grad_norm, time.perf_counter() - started)
-            bar.update(1)
-            self._after_step(stage, bar)
+        with StopSignals() as signals:
+            while progress.step < settings.max_steps:
+                stage = self.schedule.stage_at(progress.step)
+                self._enter_stage(stage)
+                started = time.perf_counter()
+                loss, grad_norm = self._optimizer_step(batches, stage)
+                self.log.add(loss, grad_norm, time.perf_counter() - started)
+                bar.update(1)
+                self._after_step(stage, bar)
+                if self._stop_agreed(signals):
+                    bar.close()
+                    self._stop(signals.received or signal.SIGTERM)
         bar.close()
+
+    def _stop_agreed(self, signals: StopSignals) -> bool:
+        """Whether any process received SIGTERM / SIGINT: all processes take the same decision at the same step
+        (a launcher forwards the signal to each, but not at the same instant)."""
+        received = torch.tensor([float(signals.received is not None)], device=self.accelerator.device)
+        return self.accelerator.reduce(received, "sum").item() > 0
+
+    def _stop(self, signum: int) -> None:
+        step = self.progress.step
+        if self.last_saved_step != step:
+            self._save()
+        checkpoint = checkpoints_root(self.settings.output_dir) / f"checkpoint-{step}"
+        message = (f"{signal.Signals(signum).name}: stopped after step {step} of {self.settings.max_steps}, saved "
+                   f"{checkpoint}; to continue, rerun the same command with --resume_from_checkpoint latest")
+        self._report(message)
+        raise TrainingStopped(message, exit_code=128 + signum)
+
+    def _save(self) -> Path:
+        step = self.progress.step
+        check_finite_parameters(self.unwrapped_model, f"checkpoint at step {step}")
+        path = save_checkpoint(self.accelerator, self.settings.output_dir, step, self.settings.save_total_limit,
+                               self.run_record)
+        self.last_saved_step = step
+        return path
 
     def _enter_stage(self, stage: Stage) -> None:
         """Switch the trained / frozen parameters; at a stage boundary, freeze the EMA weights of the finished
@@ -193,8 +223,7 @@ class Trainer:
             self.accelerator.log({f"eval/{name}": value for name, value in self.last_eval.items()}, step=step)
             self._report(f"step {step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in self.last_eval.items()))
         if settings.save_steps and step % settings.save_steps == 0:
-            check_finite_parameters(self.unwrapped_model, f"checkpoint at step {step}")
-            save_checkpoint(self.accelerator, settings.output_dir, step, settings.save_total_limit)
+            self._save()
 
     def _report(self, line: str) -> None:
         """A line above the progress bar, from the main process only."""

@@ -10,10 +10,10 @@ TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "template.md
 SHIPPED_CORPUS_NOTE = ("tiny-literary is a 2.4M-character public-domain corpus shipped for smoke tests: its numbers "
                        "are not comparable with text8 or OpenWebText results")
 
-_USAGE = {
+_USAGE = {  # AutoTokenizer reads config.json first, whose model code needs the same trust as the model
     "tarflow": ('from transformers import AutoModel, AutoTokenizer\n\n'
                 'model = AutoModel.from_pretrained("{folder}", trust_remote_code=True)\n'
-                'tokenizer = AutoTokenizer.from_pretrained("{folder}")\n'
+                'tokenizer = AutoTokenizer.from_pretrained("{folder}", trust_remote_code=True)\n'
                 'ids = model.generate(max_new_tokens={length}, num_return_sequences=2, seed=0)\n'
                 'print(tokenizer.batch_decode(ids))'),
     "gpt2": ('from transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
@@ -47,6 +47,11 @@ def card_data(results: dict) -> ModelCardData:
                          model_name=results["model_name"], eval_results=[evaluation])
 
 
+def model_location(results: dict, settings: dict) -> str:
+    """Where a reader of the card loads the model from: the Hub repository when the run pushes there."""
+    return settings.get("push_to_hub") or results["output_dir"]
+
+
 def build_model_card(results: dict, settings: dict, architecture: dict) -> ModelCard:
     """`results` as `training/run.py` writes them to results.json; `settings` the resolved training settings."""
     data = results["data"]
@@ -56,7 +61,7 @@ def build_model_card(results: dict, settings: dict, architecture: dict) -> Model
         card_data(results), template_path=str(TEMPLATE), model_name=results["model_name"],
         summary=_SUMMARY[results["model"]], preset=settings.get("config") or "custom", steps=results["steps"],
         tokens=f"{results['tokens']:,}", skipped_steps=results["skipped_steps"], ema_decay=settings["ema_decay"],
-        usage=_USAGE[results["model"]].format(folder=results["output_dir"], length=data["block_size"]),
+        usage=_USAGE[results["model"]].format(folder=model_location(results, settings), length=data["block_size"]),
         metric_rows=metric_rows(results), metric_note=metric_note, dataset=data["dataset"],
         tokenizer=data["tokenizer"], block_size=data["block_size"],
         data_note=SHIPPED_CORPUS_NOTE if data["dataset"] == "tiny-literary" else "",

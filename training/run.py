@@ -23,12 +23,15 @@ import yaml
 from accelerate.utils import set_seed
 
 from training.arguments import format_settings, parse_settings, resolved_settings
+from training.checkpointing import find_resume_checkpoint, output_dir_lock, read_manifest
 from training.data import DataConfig, build_datasets, unigram_entropy_bits
-from training.export import export_model_folder, push_model_folder
+from training.errors import TrainingStopped, UsageError
+from training.export import check_hub_access, export_model_folder, push_model_folder
 from training.loop import Trainer, build_accelerator, resume_training
 from training.model_card import build_model_card
 from training.models import RECIPES, build_tarflow_config
 from training.replicas import replica_fingerprints
+from training.run_record import build_run_record, check_resumable
 from training.stages import StageSchedule
 from training.tracking import hyperparameters
 
@@ -116,10 +119,21 @@ def format_summary(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Train, validate, export (and push) as the flags say; returns the results.json summary."""
     settings, data_config = parse_settings(argv)
+    if settings.push_to_hub:
+        check_hub_access(settings.push_to_hub)
     recipe = RECIPES[settings.model]()
     progressive = recipe.progressive and len(settings.stage_flow_layers or []) > 1
     accelerator = build_accelerator(settings, progressive)
+    with output_dir_lock(settings.output_dir, accelerator.is_main_process):
+        try:
+            return train_and_export(accelerator, settings, data_config, recipe)
+        finally:
+            accelerator.end_training()
+
+
+def train_and_export(accelerator, settings, data_config: DataConfig, recipe) -> dict:
     with accelerator.main_process_first():
         splits, tokenizer = build_datasets(data_config)
     tarflow_config = build_tarflow_config(settings.model_config, tokenizer, data_config.block_size)
@@ -128,18 +142,43 @@ def main(argv: list[str] | None = None) -> dict:
     model = recipe.build(tarflow_config, tokenizer)
     resolved = resolved_settings(settings, data_config)
     accelerator.print(describe_run(model, resolved, architecture_summary(model), schedule))
-    if accelerator.is_main_process:
-        Path(settings.output_dir).mkdir(parents=True, exist_ok=True)
+    record = build_run_record(resolved, architecture_summary(model), schedule, accelerator.num_processes)
+    checkpoint = resumable_checkpoint(accelerator, settings, record)
+    if accelerator.is_main_process:  # only once the run is known to go ahead
         (Path(settings.output_dir) / "training_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    trainer = Trainer(settings, accelerator, recipe, model, splits, schedule, data_config.uses_characters)
+    trainer = Trainer(settings, accelerator, recipe, model, splits, schedule, data_config.uses_characters, record)
     accelerator.init_trackers("logs", config=hyperparameters(resolved))
-    resume_training(accelerator, settings, trainer.progress)
+    resume_training(accelerator, checkpoint, trainer.progress)
     trainer.train()
     extra = {"unigram_entropy_bits": train_unigram_entropy(splits["train"]), "preset": settings.preset_name}
-    results = finish(trainer, settings, data_config, tokenizer, resolved, extra)
-    accelerator.end_training()
-    return results
+    return finish(trainer, settings, data_config, tokenizer, resolved, extra)
+
+
+def resumable_checkpoint(accelerator, settings, record: dict) -> Path | None:
+    """The checkpoint ``--resume_from_checkpoint`` names, once it is known to be whole and written by this run's
+    settings (`training.run_record`)."""
+    checkpoint = find_resume_checkpoint(settings.resume_from_checkpoint, settings.output_dir, accelerator.print)
+    if checkpoint is None:
+        if settings.resume_from_checkpoint:
+            accelerator.print("no checkpoint to resume from: starting from step 0")
+        return None
+    manifest = read_manifest(checkpoint)
+    check_resumable(manifest["run"], record, manifest["step"], str(checkpoint))
+    return checkpoint
+
+
+def cli(argv: list[str]) -> int:
+    """`main` for the command line: a problem with the input, the environment or the output folder is one line
+    on stderr (exit 2), a stop by signal exits 128 + its number after its one-line note; bugs keep tracebacks."""
+    try:
+        main(argv)
+    except TrainingStopped as stop:  # its note is printed by the main process only
+        return stop.exit_code
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(cli(sys.argv[1:]))

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from training.errors import SettingsError
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -36,7 +38,7 @@ class StageSchedule:
         if fractions is None or len(stage_flow_layers) == 1:  # a single stage (joint training) takes every step
             fractions = [1.0 / len(stage_flow_layers)] * len(stage_flow_layers)
         _check_schedule(stage_flow_layers, fractions, max_steps, total_flow_layers)
-        boundaries = [round(max_steps * share) for share in _cumulative(fractions)]
+        boundaries = _stage_ends(fractions, max_steps)
         starts = [0] + boundaries[:-1]
         frozen = [0] + list(stage_flow_layers[:-1])
         self.stages = [Stage(i, start, end, layers, num_frozen) for i, (start, end, layers, num_frozen)
@@ -65,6 +67,18 @@ def _layer_range(first: int, last: int) -> str:
     return f"flow layer {first}" if first == last else f"flow layers {first}-{last}"
 
 
+def _stage_ends(fractions: list[float], max_steps: int) -> list[int]:
+    """One past the last step of each stage: the rounded cumulative shares, moved just enough that every stage
+    keeps at least one step (``max_steps`` 3 at shares 0.8 / 0.1 / 0.1 gives one step each, not 2, 3, 3)."""
+    ends = [round(max_steps * share) for share in _cumulative(fractions)]
+    for i in range(len(ends)):  # at least one step after the previous stage's end...
+        ends[i] = max(ends[i], (ends[i - 1] if i else 0) + 1)
+    ends[-1] = max_steps
+    for i in reversed(range(len(ends) - 1)):  # ...and at least one step left for each later stage
+        ends[i] = min(ends[i], ends[i + 1] - 1)
+    return ends
+
+
 def _cumulative(fractions: list[float]) -> list[float]:
     total, out = sum(fractions), []
     for share in fractions:
@@ -75,13 +89,13 @@ def _cumulative(fractions: list[float]) -> list[float]:
 
 def _check_schedule(layers: list[int], fractions: list[float], max_steps: int, total: int | None) -> None:
     if not layers or any(b <= a for a, b in zip(layers, layers[1:])) or layers[0] < 1:
-        raise ValueError(f"--stage_flow_layers must be increasing positive layer counts, got {layers}")
+        raise SettingsError(f"--stage_flow_layers must be increasing positive layer counts, got {layers}")
     if total is not None and layers[-1] != total:
-        raise ValueError(f"--stage_flow_layers must end with the model's {total} flow layers, got {layers}")
+        raise SettingsError(f"--stage_flow_layers must end with the model's {total} flow layers, got {layers}")
     if len(fractions) != len(layers) or any(not math.isfinite(f) or f <= 0 for f in fractions):
-        raise ValueError(f"--stage_fractions must be {len(layers)} positive numbers, got {fractions}")
+        raise SettingsError(f"--stage_fractions must be {len(layers)} positive numbers, got {fractions}")
     if max_steps < len(layers):
-        raise ValueError(f"--max_steps ({max_steps}) must allow at least one step per stage ({len(layers)})")
+        raise SettingsError(f"--max_steps ({max_steps}) must allow at least one step per stage ({len(layers)})")
 
 
 def set_trainable(model: nn.Module, stage: Stage) -> None:

@@ -2,10 +2,12 @@
 
 import importlib.util
 import json
+import warnings
 from pathlib import Path
 
 from accelerate.tracking import GeneralTracker, on_main_process
 
+from training.errors import SettingsError
 from training.validation import loss_metrics
 
 METRICS_FILE = "metrics.jsonl"
@@ -82,11 +84,14 @@ class TrainingLog:
 
 def trackers(report_to: str, output_dir: str | Path) -> list:
     """The `log_with` list: the JSON-lines tracker, plus TensorBoard if asked for and importable."""
+    if report_to not in ("tensorboard", "none"):
+        raise SettingsError(f"--report_to must be 'tensorboard' or 'none', got {report_to!r}")
     chosen = [JsonLinesTracker("metrics", output_dir)]
-    if report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is not None:
+    if report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        warnings.warn("--report_to tensorboard: tensorboard is not installed, so only metrics.jsonl is written "
+                      "(pip install tensorboard, or pass --report_to none)", UserWarning, stacklevel=2)
+    elif report_to == "tensorboard":
         chosen.append("tensorboard")
-    elif report_to not in ("tensorboard", "none"):
-        raise ValueError(f"--report_to must be 'tensorboard' or 'none', got {report_to!r}")
     return chosen
 
 
