@@ -23,6 +23,7 @@ from training.data import (
     pack_documents,
     unigram_entropy_bits,
 )
+from training.errors import AssetUnavailableError, DataError
 from training.tokenization_char import (
     TEXT8_ALPHABET,
     build_char_tokenizer,
@@ -134,6 +135,41 @@ def test_bad_sources_and_splits_raise_errors_that_name_them(tmp_path):
         load_openwebtext("openwebtext", "test")
     with pytest.raises(ValueError, match="block_size"):
         DataConfig(block_size=0)
+
+
+@pytest.mark.parametrize("train_text", ["", "too short for a block"])
+def test_training_data_shorter_than_one_block_is_a_clear_error(tmp_path, train_text):
+    for name, text in (("train", train_text), ("valid", "a" * 100)):
+        (tmp_path / f"{name}.txt").write_text(text)
+    with pytest.raises(DataError, match=f"the train split of .* holds {len(train_text)} tokens, fewer than one "
+                                        "block of 64; lower --block_size"):
+        build_datasets(DataConfig(dataset=str(tmp_path), block_size=64))
+
+
+@pytest.mark.parametrize("name", ["train.txt", "train.txt.gz", "train.jsonl"])
+def test_a_data_file_that_is_not_utf8_is_an_error_naming_it(tmp_path, cache_dir, name):
+    latin1 = "caf\xe9 au lait ".encode("latin-1") * 20
+    payload = b'{"text": "' + latin1 + b'"}\n' if name.endswith(".jsonl") else latin1
+    (tmp_path / name).write_bytes(gzip.compress(payload) if name.endswith(".gz") else payload)
+    (tmp_path / "valid.txt").write_text("a" * 100)
+    tokenizer = "char" if ".txt" in name else save_word_tokenizer(["a"], tmp_path / "tokenizer")
+    with pytest.raises(DataError, match=f"{name}: not UTF-8 text"):
+        build_datasets(DataConfig(dataset=str(tmp_path), tokenizer=tokenizer, block_size=8, cache_dir=cache_dir))
+
+
+def test_offline_hub_sources_name_the_local_flag_to_pass():
+    with pytest.raises(AssetUnavailableError, match="text8.zip.*offline, pass a local copy with --dataset"):
+        load_text8("text8", "train")
+    with pytest.raises(AssetUnavailableError, match="'openwebtext' from the Hub.*--dataset"):
+        load_openwebtext("openwebtext", "validation")
+    with pytest.raises(AssetUnavailableError, match="tokenizer 'gpt2'.*--tokenizer"):
+        build_datasets(DataConfig(dataset=str(SHIPPED_CORPUS_DIR), tokenizer="gpt2"))
+
+
+def test_the_tokenizer_knows_the_block_size_as_its_context():
+    _, tokenizer = build_datasets(DataConfig(block_size=32, max_train_blocks=2, max_eval_blocks=2))
+    assert tokenizer.model_max_length == 32
+    assert len(tokenizer(["x" * 100], truncation=True)["input_ids"][0]) == 32
 
 
 # --- documents: sources and packing --------------------------------------------------------------------------------

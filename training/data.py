@@ -340,12 +340,15 @@ def _read_text(path: Path) -> str:
         with (gzip.open(path, "rt", encoding="utf-8") if is_gzip else open(path, encoding="utf-8")) as f:
             return f.read().rstrip("\n")  # a text8 file written with print() ends in a newline that is not data
     except UnicodeDecodeError as error:
-        raise _not_utf8(path, error) from error
+        raise _not_utf8(path, _decode_error_detail(error)) from error
 
 
-def _not_utf8(path: Path, error: UnicodeDecodeError) -> DataError:
-    return DataError(f"{path}: not UTF-8 text ({error.reason}, byte {error.object[error.start:error.start + 1]!r} at "
-                     f"offset {error.start}); convert it first, e.g. `iconv -f latin1 -t utf-8`")
+def _decode_error_detail(error: UnicodeDecodeError) -> str:
+    return f"{error.reason}, byte {error.object[error.start:error.start + 1]!r} at offset {error.start}"
+
+
+def _not_utf8(path: Path, detail: str) -> DataError:
+    return DataError(f"{path}: not UTF-8 text ({detail}); convert it first, e.g. `iconv -f latin1 -t utf-8`")
 
 
 def _download(url: str, cache_dir: str | None) -> Path:
@@ -394,10 +397,14 @@ def _load_document_file(path: Path, cache_dir: str | None) -> datasets.Dataset:
     except (UnicodeDecodeError, datasets.exceptions.DatasetGenerationError) as error:
         cause = error if isinstance(error, UnicodeDecodeError) else error.__cause__
         if isinstance(cause, UnicodeDecodeError):
-            raise _not_utf8(path, cause) from error
+            raise _not_utf8(path, _decode_error_detail(cause)) from error
         raise
-    if builder == "text":
-        documents = documents.filter(lambda row: bool(row["text"].strip()), desc="Dropping empty lines")
     if "text" not in documents.column_names:
         raise DataError(f"{path}: documents need a 'text' field; found {documents.column_names}")
+    try:  # Arrow's JSON reader keeps invalid UTF-8 as it is, to fail later at tokenisation without the file name
+        documents.data.table.column("text").validate(full=True)
+    except pa.ArrowInvalid as error:
+        raise _not_utf8(path, str(error)) from error
+    if builder == "text":
+        documents = documents.filter(lambda row: bool(row["text"].strip()), desc="Dropping empty lines")
     return documents
