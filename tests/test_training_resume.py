@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from test_training_tiny import TINY_MODEL, tiny_args
+from test_training_tiny import TINY_MODEL, run_in_process, tiny_args
 from training.checkpointing import complete_checkpoints
 from training.tracking import METRICS_FILE, read_metrics
 
@@ -86,3 +86,75 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path):
     assert [path.name for path in complete_checkpoints(interrupted)] == ["checkpoint-10", "checkpoint-11",
                                                                          "checkpoint-12"]
     assert not list((interrupted / "checkpoints").glob(".tmp-*"))
+
+
+def accelerate_launch(command: list[str]) -> list[str]:
+    """`command` (python training/run.py ...) as `accelerate launch` starts it on one CPU process."""
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return [*launcher, *command[1:]]
+
+
+def test_sigterm_writes_a_checkpoint_and_resuming_reproduces_the_uninterrupted_run(tmp_path):
+    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    reference = start(run_command(uninterrupted, "--save_steps", "0"))
+    # A scheduler signals the job's whole process group (the launcher does not forward signals to run.py).
+    launched = subprocess.Popen(accelerate_launch(run_command(interrupted, "--save_steps", "0")), cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=SINGLE_THREAD,
+                                start_new_session=True)
+    deadline = time.monotonic() + 300
+    while logged_steps(interrupted) < 3 and launched.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for signum in (signal.SIGSTOP, signal.SIGTERM, signal.SIGCONT):  # SIGTERM surely arrives mid-run
+        os.killpg(launched.pid, signum)
+    out, err = launched.communicate(timeout=300)  # until run.py, which shares the pipes, has exited too
+    assert "Traceback" not in err, err[-3000:]
+    notes = [line for line in out.splitlines() if line.startswith("SIGTERM: stopped after step")]
+    assert len(notes) == 1 and "--resume_from_checkpoint latest" in notes[0], out[-3000:]
+    stopped_at = int(notes[0].split("step ")[1].split()[0])
+    assert 3 <= stopped_at < MAX_STEPS and [path.name for path in complete_checkpoints(interrupted)] == [
+        f"checkpoint-{stopped_at}"]
+    assert_checkpoints_whole(interrupted)
+    resumed = subprocess.run(run_command(interrupted, "--save_steps", "0", "--resume_from_checkpoint", "latest"),
+                             cwd=REPO, capture_output=True, text=True, env=SINGLE_THREAD)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert reference.wait() == 0, reference.stderr.read()[-3000:]
+    final, reference_final = load_file(interrupted / "model.safetensors"), load_file(uninterrupted / "model.safetensors")
+    assert all(torch.equal(final[key], reference_final[key]) for key in reference_final)
+
+
+def test_sigint_stops_at_a_step_with_a_checkpoint_and_one_line(tmp_path):
+    run = subprocess.Popen(run_command(tmp_path), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=SINGLE_THREAD)
+    deadline = time.monotonic() + 300
+    while logged_steps(tmp_path) < 2 and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for signum in (signal.SIGSTOP, signal.SIGINT, signal.SIGCONT):  # SIGINT surely arrives mid-run
+        run.send_signal(signum)
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 128 + signal.SIGINT and "Traceback" not in err, err[-3000:]
+    notes = [line for line in out.splitlines() if line.startswith("SIGINT: stopped after step")]
+    assert len(notes) == 1, out[-3000:]
+    stopped_at = int(notes[0].split("step ")[1].split()[0])
+    assert stopped_at < MAX_STEPS and complete_checkpoints(tmp_path)[-1].name == f"checkpoint-{stopped_at}"
+    assert_checkpoints_whole(tmp_path)
+
+
+def test_a_second_run_on_the_same_output_dir_is_refused_while_the_first_finishes(tmp_path, capsys):
+    from transformers import AutoModel
+
+    first = start([sys.executable, str(REPO / "training" / "run.py"), *tiny_args(tmp_path, max_steps=8)])
+    deadline = time.monotonic() + 300
+    while logged_steps(tmp_path) < 1 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)  # paused mid-run, so the second run surely meets it
+    try:
+        assert first.poll() is None, "the first run ended before the second started"
+        assert run_in_process(tiny_args(tmp_path, max_steps=4), entry="cli") == 2
+    finally:
+        first.send_signal(signal.SIGCONT)
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: --output_dir {tmp_path} is in use by another training run (process "), error
+    assert first.wait(timeout=600) == 0, first.stderr.read()[-3000:]
+    assert sorted(read_metrics(tmp_path)) == list(range(1, 9))  # the first run's steps, none from the second
+    assert AutoModel.from_pretrained(tmp_path, trust_remote_code=True).config.hidden_size == 32

@@ -28,17 +28,18 @@ def tiny_args(output_dir, *extra: str, max_steps: int = 6, stages: tuple[int, ..
             "--save_steps", "0", "--num_samples", "1", "--sample_length", "8", "--report_to", "none", *extra]
 
 
-def run_in_process(argv: list[str]) -> dict:
-    """`training.run.main` on one CPU thread (tiny models gain nothing from more, and a shared machine's other load
-    stalls multi-threaded ones), then Accelerate's process-wide state reset so the next run starts clean."""
+def run_in_process(argv: list[str], entry: str = "main"):
+    """`training.run.main` (or `cli`) on one CPU thread (tiny models gain nothing from more, and a shared machine's
+    other load stalls multi-threaded ones), then Accelerate's process-wide state reset so the next run starts
+    clean."""
     from accelerate.state import AcceleratorState, GradientState
 
-    from training.run import main
+    import training.run
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return main(argv)
+        return getattr(training.run, entry)(argv)
     finally:
         torch.set_num_threads(threads)
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -257,13 +258,11 @@ def test_an_incomplete_checkpoint_is_skipped_and_the_run_still_ends_as_uninterru
 
 
 def test_offline_paper_data_and_tokenizer_fail_in_one_line_naming_the_local_flag(tmp_path, capsys):
-    from training.run import cli
-
-    assert cli(tiny_args(tmp_path / "text8", "--dataset", "text8")) == 2
+    assert run_in_process(tiny_args(tmp_path / "text8", "--dataset", "text8"), entry="cli") == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: could not download http://mattmahoney.net/dc/text8.zip")
     assert "--dataset" in error and "\n" not in error
-    assert cli(tiny_args(tmp_path / "gpt2", "--tokenizer", "gpt2")) == 2
+    assert run_in_process(tiny_args(tmp_path / "gpt2", "--tokenizer", "gpt2"), entry="cli") == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: could not load the tokenizer 'gpt2'") and "--tokenizer" in error
     assert "\n" not in error

@@ -2,6 +2,12 @@
 
 Ids: ``a``..``z`` are 0..25 and space is 26 (the character order of MDLM's ``Text8Tokenizer``, without its 8 special
 tokens). TarFlowLM models text8 with V = 27, so the tokenizer has no special tokens at all: no BOS, EOS, PAD or UNK.
+text8 has no document boundaries for a BOS or EOS to mark. A PAD would have to be either a 28th id, which the
+model has no embedding for, or one of the 27 characters, which `transformers` then treats as special and drops from
+every ``decode(..., skip_special_tokens=True)`` (the text-generation pipeline's default): a space as PAD would
+delete every space. So ``padding=True`` is refused by `transformers`; batch texts of one length, e.g. with
+``truncation=True, max_length=n``. The model's context is known: a trained model's saved tokenizer has
+``model_max_length`` = its block size, so ``truncation=True`` cuts prompts to what the model accepts.
 
 Two encoders share `TEXT8_ALPHABET`, so their ids agree by construction:
 
