@@ -140,9 +140,9 @@ def train_and_export(accelerator, settings, data_config: DataConfig, recipe) -> 
     schedule = stage_schedule(settings, tarflow_config, recipe)
     set_seed(settings.seed)  # the same initial weights on every process
     model = recipe.build(tarflow_config, tokenizer)
-    resolved = resolved_settings(settings, data_config)
-    accelerator.print(describe_run(model, resolved, architecture_summary(model), schedule))
-    record = build_run_record(resolved, architecture_summary(model), schedule, accelerator.num_processes)
+    resolved, architecture = resolved_settings(settings, data_config), architecture_summary(model)
+    accelerator.print(describe_run(model, resolved, architecture, schedule))
+    record = build_run_record(resolved, architecture, schedule, accelerator.num_processes)
     checkpoint = resumable_checkpoint(accelerator, settings, record)
     if accelerator.is_main_process:  # only once the run is known to go ahead
         (Path(settings.output_dir) / "training_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
