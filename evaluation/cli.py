@@ -16,26 +16,19 @@ from dataclasses import dataclass, field
 import torch
 from transformers import HfArgumentParser
 
+from training.errors import SettingsError, UsageError  # one notion of "the user's to fix" for every command
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PROTOCOLS = ("quick", "paper")
 MODEL_HELP = ("the evaluated model: a saved TarFlowLM folder (config model_type 'tarflow') or a transformers causal "
               "LM (folder or Hub id) as the autoregressive baseline")
 
 
-class UsageError(Exception):
-    """A problem the user fixes by changing the command or installing something; the message says how, and the
-    command line shows it without a traceback."""
-
-
-class SettingsError(UsageError, ValueError):
-    """A flag value the evaluation cannot use."""
-
-
-def require_at_least(settings, name: str, minimum: int, meaning: str = "") -> None:
+def require_at_least(settings, name: str, minimum: int) -> None:
     """Refuse ``--name`` below ``minimum``; None (unset: the protocol or the model decides) passes."""
     value = getattr(settings, name)
     if value is not None and not value >= minimum:
-        raise SettingsError(f"--{name} {value}: must be >= {minimum}{meaning}")
+        raise SettingsError(f"--{name} {value}: must be >= {minimum}")
 
 
 @dataclass(kw_only=True)

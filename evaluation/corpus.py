@@ -19,6 +19,7 @@ import pyarrow.compute
 import torch
 
 from training.data import TokenBlocks, load_openwebtext, load_text8, tokenize_documents
+from training.errors import DataError
 from training.tokenization_char import TEXT8_ALPHABET, encode_text8
 
 from .tokens import batched
@@ -87,8 +88,8 @@ def load_blocks(source: str, split: str, tokenizer, block_size: int, max_blocks:
     stream, stream_tokens = split_stream(source, split, tokenizer)
     blocks = TokenBlocks(stream, block_size)
     if len(blocks) == 0:
-        raise ValueError(f"the {split} split of {source!r} has {stream_tokens} tokens, fewer than one block of "
-                         f"{block_size}")
+        raise DataError(f"the {split} split of {source!r} has {stream_tokens} tokens, fewer than one block of "
+                        f"{block_size}")
     return Blocks(blocks, evenly_spaced(len(blocks), max_blocks), stream_tokens)
 
 

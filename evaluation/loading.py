@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from .cli import UsageError
+from training.errors import UsageError
+
 from .offline_assets import OFFLINE_ASSETS, locate_offline_asset
 
 LATENT_MODEL_TYPES = frozenset({"tarflow"})
