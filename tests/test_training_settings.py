@@ -288,3 +288,17 @@ def test_tensorboard_is_installed_with_the_package_and_its_absence_is_reported(m
                         find_spec(name, *a))
     with pytest.warns(UserWarning, match="tensorboard is not installed, so only metrics.jsonl is written"):
         assert "tensorboard" not in trackers("tensorboard", tmp_path)
+
+
+@pytest.mark.parametrize("processes, accumulation", [(1, 8), (2, 4), (8, 1)])
+def test_a_preset_global_batch_gives_the_same_optimisation_on_any_number_of_processes(processes, accumulation):
+    settings, _ = parse_settings(["--config", "text8-mixd"])
+    line = settings.resolve_global_batch(processes)
+    assert settings.gradient_accumulation_steps == accumulation
+    assert line.startswith("global batch 512 blocks = 64 per process")
+
+
+def test_a_global_batch_that_processes_cannot_split_evenly_is_refused():
+    settings, _ = parse_settings(["--config", "text8-mixd", "--global_train_batch_size", "500"])
+    with pytest.raises(SettingsError, match="global_train_batch_size 500 must be a positive multiple"):
+        settings.resolve_global_batch(1)

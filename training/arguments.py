@@ -55,6 +55,9 @@ class TrainingSettings:
     per_device_train_batch_size: int = field(default=8, metadata={"help": "blocks per process per micro-batch"})
     per_device_eval_batch_size: int = field(default=16, metadata={"help": "blocks per process in evaluation"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    global_train_batch_size: int | None = field(default=None, metadata={
+        "help": "blocks per optimizer step over all processes (the paper presets: 512, as MDLM); when set, "
+                "--gradient_accumulation_steps is derived from it and the number of processes"})
     learning_rate: float = field(default=3e-4, metadata={"help": "peak AdamW learning rate"})
     lr_scheduler_type: str = field(default="cosine", metadata={
         "help": "decay after warmup, restarted at each progressive stage", "choices": SCHEDULER_TYPES})
@@ -102,6 +105,21 @@ class TrainingSettings:
             raise SettingsError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.model not in MODEL_KINDS:
             raise SettingsError(f"--model must be one of {MODEL_KINDS}, got {self.model!r}")
+
+    def resolve_global_batch(self, num_processes: int) -> str:
+        """Derive the accumulation steps from ``global_train_batch_size`` (so a preset means the same optimisation
+        on 1 GPU as on 8) and describe the resulting global batch."""
+        per_step = self.per_device_train_batch_size * num_processes
+        if self.global_train_batch_size is not None:
+            if self.global_train_batch_size < 1 or self.global_train_batch_size % per_step:
+                raise SettingsError(
+                    f"--global_train_batch_size {self.global_train_batch_size} must be a positive multiple of "
+                    f"--per_device_train_batch_size x processes = {self.per_device_train_batch_size} x "
+                    f"{num_processes} = {per_step}")
+            self.gradient_accumulation_steps = self.global_train_batch_size // per_step
+        return (f"global batch {per_step * self.gradient_accumulation_steps} blocks = "
+                f"{self.per_device_train_batch_size} per process x {num_processes} process(es) x "
+                f"{self.gradient_accumulation_steps} accumulation step(s)")
 
     @property
     def preset_name(self) -> str:

@@ -12,6 +12,7 @@ logs and the last checkpoints.
 """
 
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -125,7 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
         check_hub_access(settings.push_to_hub)
     recipe = RECIPES[settings.model]()
     progressive = recipe.progressive and len(settings.stage_flow_layers or []) > 1
+    global_batch = settings.resolve_global_batch(int(os.environ.get("WORLD_SIZE", "1")))
     accelerator = build_accelerator(settings, progressive)
+    accelerator.print(global_batch)
     with output_dir_lock(settings.output_dir, accelerator.is_main_process):
         try:
             return train_and_export(accelerator, settings, data_config, recipe)
