@@ -44,9 +44,10 @@ def test_bpc_of_a_uniform_latent_model_is_log2_27(monkeypatch, tmp_path):
 
 def test_bpc_of_a_uniform_causal_lm_is_log2_27_exactly(tmp_path):
     folder = save_causal_lm(uniform_gpt2(), char_tokenizer(), tmp_path / "uniform-gpt2")
-    record = likelihood.main([folder, *CORPUS, "--block_size", "32", "--max_blocks", "5",
+    record = likelihood.main([folder, *CORPUS, "--block_size", "32", "--max_blocks", "5", "--num_z_samples", "4",
                               "--output", str(tmp_path / "ar.json")])
     assert record["bounds"].keys() == {"exact"}
+    assert (record["config"]["num_z_samples"], record["config"]["iw_k"]) == (None, [])  # exact: no draws used
     assert record["headline"] == {"metric": "bpc", "bound": "exact", "value": pytest.approx(LOG2_27, abs=1e-6),
                                   "is_upper_bound": False, "standard_error": pytest.approx(0, abs=1e-6)}
     assert record["counts"]["scored_tokens"] == 5 * 31  # no BOS: the first token of a block has no context

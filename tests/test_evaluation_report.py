@@ -6,6 +6,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -69,6 +70,13 @@ def test_by_default_the_report_shows_the_users_own_results_not_the_shipped_ones(
     text = report.main([])
     assert text.count("| uniform-ar |") == 1 and "Table 6" not in text  # ar.json only, not g.json
     assert (tmp_path / "outputs" / "evaluation" / "report.md").is_file()
+
+
+def test_a_result_written_before_standard_errors_were_recorded_is_shown_without_them():
+    shipped = json.loads(Path(report.__file__).parent.parent.joinpath(
+        "bench", "results", "eval_quickstart_tarflow_likelihood.json").read_text())
+    row = report.likelihood_row(shipped)
+    assert row[3].startswith("≤ 3.") and "±" not in " ".join(row)
 
 
 def test_jsonl_and_csv_logs_give_the_same_curves(tmp_path):

@@ -27,6 +27,7 @@ def latent_model(monkeypatch):
 @pytest.mark.parametrize("flag, value, allowed", [
     ("--num_z_samples", "0", ">= 1"), ("--block_size", "0", ">= 1"), ("--max_blocks", "0", ">= 1"),
     ("--batch_size", "0", ">= 1"), ("--iw_k", "0", ">= 1"), ("--block_size", "65", "<= 64"),
+    ("--iw_k", "3", "divide --num_z_samples 8"),
 ])
 def test_likelihood_refuses_a_value_out_of_range_naming_flag_value_and_range(latent_model, tmp_path, flag, value,
                                                                              allowed):
@@ -39,6 +40,8 @@ def test_likelihood_refuses_a_value_out_of_range_naming_flag_value_and_range(lat
 @pytest.mark.parametrize("flag, value, allowed", [
     ("--num_samples", "0", ">= 1"), ("--batch_size", "0", ">= 1"), ("--sample_length", "0", ">= 1"),
     ("--sample_length", "65", "<= 64"), ("--temperature", "0", "> 0"), ("--top_p", "1.5", "(0, 1]"),
+    ("--reference_context_size", "1", ">= 2"), ("--retokenize_max_length", "-1", ">= 0"),
+    ("--mauve_num_buckets", "0", ">= 1"),
 ])
 def test_generative_refuses_a_value_out_of_range_naming_flag_value_and_range(latent_model, tmp_path, flag, value,
                                                                              allowed):
@@ -77,6 +80,14 @@ def test_an_explicit_flag_overrides_the_protocol(latent_model, tmp_path):
     record = likelihood.main(["fake", *CORPUS, "--protocol", "paper", "--max_blocks", "5", "--num_z_samples", "4",
                               "--output", str(tmp_path / "r.json")])
     assert (record["config"]["max_blocks"], record["config"]["num_z_samples"], record["config"]["iw_k"]) == (5, 4, [1])
+
+
+def test_a_split_shorter_than_one_block_is_a_data_error_naming_split_and_sizes():
+    from evaluation.corpus import load_blocks
+    from training.errors import DataError
+
+    with pytest.raises(DataError, match="test split of 'tiny-literary' has .* fewer than one block of 10000000"):
+        load_blocks("tiny-literary", "test", char_tokenizer(), block_size=10_000_000)
 
 
 def test_generative_protocols():
