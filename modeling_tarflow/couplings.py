@@ -136,7 +136,7 @@ class MixtureRosenblattCoupling(nn.Module):
                  root_max_iterations: int = 100):
         super().__init__()
         self.patch_size, self.latent_dim, self.num_mixtures = patch_size, latent_dim, num_mixtures
-        self.head = LinearHead(hidden_size, patch_size, num_mixtures)
+        self.head = LinearHead(hidden_size, patch_size, num_mixtures, identity_at_init=False)
         if codebook is None:
             self.own_components = GaussianCodebook(num_mixtures, latent_dim)
         else:

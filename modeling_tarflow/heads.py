@@ -11,15 +11,19 @@ from torch import nn
 class LinearHead(nn.Module):
     """θ_{t,i} = (W f_t + b)_i: the channels of a patch are conditionally independent given the history.
 
-    Zero-initialised, so every coupling starts as the identity (or, for Mix-d, as uniform mixture weights).
+    `identity_at_init` heads are zero-initialised, so their coupling starts as the identity (each new flow layer
+    of progressive training then leaves the NELBO unchanged). The Mix-d head is not: its W is drawn like GPT-2's LM
+    head (the Mix-d layer is an AR language model, Prop. 4), because with W = 0 the conditioner's gradient Wᵀ ∂L/∂θ
+    is zero and the transformer only starts learning once W has grown; b = 0 still gives π ≈ uniform at start.
     """
 
     autoregressive = False
 
-    def __init__(self, hidden_size: int, channels: int, params_per_channel: int):
+    def __init__(self, hidden_size: int, channels: int, params_per_channel: int, identity_at_init: bool = True):
         super().__init__()
         self.channels = channels
         self.params_per_channel = params_per_channel
+        self.identity_at_init = identity_at_init
         # Own parameters rather than a child nn.Linear: the zero init lives with them in `_init_weights`.
         self.weight = nn.Parameter(torch.empty(channels * params_per_channel, hidden_size))
         self.bias = nn.Parameter(torch.empty(channels * params_per_channel))

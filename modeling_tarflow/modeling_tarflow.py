@@ -60,7 +60,8 @@ class TarFlowPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2 init for linear/norm layers, plus the flow-specific choices: zero heads (each flow starts as the
-        identity), small position embeddings, scaled residual projections, and the codebook's μ and σ."""
+        identity; the Mix-d head is drawn like an LM head, see `LinearHead`), small position embeddings, scaled
+        residual projections, and the codebook's μ and σ."""
         super()._init_weights(module)
         config, std = self.config, self.config.initializer_range
         if isinstance(module, GaussianCodebook):
@@ -74,7 +75,10 @@ class TarFlowPreTrainedModel(PreTrainedModel):
                 init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
                 init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
         elif isinstance(module, LinearHead):
-            init.zeros_(module.weight)
+            if module.identity_at_init:
+                init.zeros_(module.weight)
+            else:
+                init.normal_(module.weight, mean=0.0, std=std)
             init.zeros_(module.bias)
         elif isinstance(module, MaskedAutoregressiveHead):
             init.normal_(module.embed_weight, mean=0.0, std=3 ** -0.5)
