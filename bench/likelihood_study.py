@@ -1,13 +1,13 @@
 """The paper's likelihood claims at small scale, on a CPU: each claim is a set of runs of ``training/run.py`` at
 equal wall-clock, appended to ``bench/results/likelihood_study_<claim>.json`` as each finishes.
 
-    python -m bench.likelihood_study --claim affine-vs-mixture            # Fig. 3/8
-    python -m bench.likelihood_study --claim ladder                       # Fig. 2
-    python -m bench.likelihood_study --claim num-mixtures                 # Fig. 4
-    python -m bench.likelihood_study --claim patch-depth                  # the rebuttal's patch/depth table
-    python -m bench.likelihood_study --claim table2                       # Table 2's ordering, with the AR baseline
-    python -m bench.likelihood_study --claim headline --budget_seconds 900 --test_eval   # the gap to GPT-2
-    python -m bench.likelihood_study --claim ladder --runs mixd-progressive --seeds 0 1   # one run, two seeds
+    python -m bench.likelihood_study --claim ladder          # Fig. 2, Fig. 3/8 (affine vs Mix-1), Table 2's order
+    python -m bench.likelihood_study --claim num-mixtures    # Fig. 4
+    python -m bench.likelihood_study --claim patch-depth     # the rebuttal's patch / depth table
+    python -m bench.likelihood_study --claim mixd-split      # the presets' choices: depth split, channel mixing
+    python -m bench.likelihood_study --claim learning-rate   # the rates both models are run at
+    python -m bench.likelihood_study --claim headline --budget_seconds 600 --test_eval   # the gap to GPT-2
+    python -m bench.likelihood_study --claim ladder --runs mix1 --seeds 1                # one run, another seed
 
 Equal wall-clock: a short probe run measures each configuration's seconds per optimizer step on this machine, and
 the run gets ``budget / (seconds per step)`` steps (stage boundaries are fractions of those steps). Every run
@@ -63,7 +63,9 @@ def tarflow(flow_layers: list[dict], stages: list[int] | None = None, fractions:
 AR = {"model": "gpt2", "model_config": {**MODEL, "flow_layers": _mixd([2, 2, 2])}}  # GPT-2 reads depth/width only
 
 RUNS = {
-    # Fig. 2's ladder (3 flow layers x 2 transformer layers, 27 mixtures where the paper's text8 Mix-1 has 27)
+    # Fig. 2's ladder, Fig. 3/8 and Table 2 (3 flow layers x 2 transformer layers; 27 mixtures, as the paper's
+    # text8 Mix-1; Mix-d's two Mix-1 layers have 2, as its text8 Mix-d)
+    "ar": AR,
     "affine": tarflow(_layers("affine", 3, 2, autoregressive_dims=False)),
     "affine-maf": tarflow(_layers("affine", 3, 2, autoregressive_dims=True)),
     "mix1": tarflow(_layers("mixture_cdf", 3, 2, num_mixtures=27, autoregressive_dims=True)),
@@ -71,26 +73,32 @@ RUNS = {
     "mixd-progressive": tarflow(_mixd([2, 2, 2]), [1, 2, 3], [0.8, 0.1, 0.1]),
     # Fig. 4: Mix-1 without the MAF head, V mixtures
     **{f"mix1-nomaf-v{v}": tarflow(_layers("mixture_cdf", 3, 2, num_mixtures=v, autoregressive_dims=False))
-       for v in (1, 2, 8, 27)},
-    # the rebuttal's patch / depth trade-off (Mix-1 with MAF, 2 transformer layers per flow layer)
+       for v in (1, 2, 27)},
+    # the rebuttal's patch / depth trade-off (Mix-1 with MAF, 2 transformer layers per flow layer; P = 1 is "mix1")
     **{f"mix1-p{p}-l{n}": tarflow(_layers("mixture_cdf", n, 2, num_mixtures=27, autoregressive_dims=True),
-                                  patch_size=p, channel_mixing=p > 1)
-       for p, n in ((1, 3), (2, 3), (4, 3), (4, 4), (4, 8))},
-    # Mix-d depth split and channel mixing (choices the presets make)
-    "mixd-411-progressive": tarflow(_mixd([4, 1, 1]), [1, 2, 3], [0.8, 0.1, 0.1]),
-    "mixd-411-joint": tarflow(_mixd([4, 1, 1])),
+                                  patch_size=p, channel_mixing=True)
+       for p, n in ((2, 3), (4, 3), (4, 8))},
+    # Mix-d depth split, stage lengths and channel mixing (choices the presets make)
+    "mixd-411-progressive": tarflow(_mixd([4, 1, 1]), [1, 2, 3], [0.9, 0.05, 0.05]),
+    "mixd-411-progressive-chmix": tarflow(_mixd([4, 1, 1]), [1, 2, 3], [0.9, 0.05, 0.05], channel_mixing=True),
     "mixd-6": tarflow(_mixd([6])),
-    "ar": AR,
+    # the README's main job against the baseline, at equal wall-clock, on the shipped corpus (its own preset)
+    "quickstart-tarflow": {"config": "quickstart", "dataset": "tiny-literary"},
+    "quickstart-ar": {"config": "quickstart", "dataset": "tiny-literary", "model": "gpt2"},
+    # learning rates (the baseline gets its own tuned rate)
+    **{f"ar-lr{lr:g}": {**AR, "learning_rate": lr} for lr in (1e-3, 6e-3)},
+    **{f"mixd-411-progressive-lr{lr:g}": {**tarflow(_mixd([4, 1, 1]), [1, 2, 3], [0.9, 0.05, 0.05]),
+                                          "learning_rate": lr} for lr in (1e-3, 6e-3)},
 }
 
 CLAIMS = {
-    "affine-vs-mixture": ["affine-maf", "mix1"],
-    "ladder": ["affine", "affine-maf", "mix1", "mixd", "mixd-progressive"],
-    "num-mixtures": [f"mix1-nomaf-v{v}" for v in (1, 2, 8, 27)],
-    "patch-depth": ["mix1-p1-l3", "mix1-p2-l3", "mix1-p4-l3", "mix1-p4-l4", "mix1-p4-l8"],
-    "table2": ["ar", "affine-maf", "mix1", "mixd-progressive"],
-    "mixd-split": ["mixd-progressive", "mixd-411-progressive", "mixd-411-joint", "mixd-6"],
+    "ladder": ["ar", "affine", "affine-maf", "mix1", "mixd", "mixd-progressive"],   # claims 1, 2 and 5
+    "num-mixtures": [f"mix1-nomaf-v{v}" for v in (1, 2, 27)],                      # claim 3
+    "patch-depth": ["mix1-p2-l3", "mix1-p4-l3", "mix1-p4-l8"],                     # claim 4 (with ladder/mix1)
+    "mixd-split": ["mixd-411-progressive", "mixd-411-progressive-chmix", "mixd-6"],
+    "learning-rate": ["ar-lr0.001", "ar-lr0.006", "mixd-411-progressive-lr0.001", "mixd-411-progressive-lr0.006"],
     "headline": ["ar", "mixd-411-progressive"],
+    "quickstart": ["quickstart-tarflow", "quickstart-ar"],
 }
 
 
@@ -154,9 +162,12 @@ def test_bound(output_dir: Path, dataset: str, block_size: int, num_z_samples: i
 
 
 def run_one(name: str, seed: int, args, work: Path) -> dict:
-    run, common = RUNS[name], {**COMMON, "dataset": args.dataset, "seed": seed}
+    run = RUNS[name]
+    # a preset run keeps its own settings: only the data position, seed and length are the study's
+    common = {"seed": seed, "report_to": "none", "save_steps": 0} if "config" in run else \
+        {**COMMON, "dataset": args.dataset, "seed": seed}
     per_step = seconds_per_step(name, run, common, work, args.probe_steps)
-    max_steps = max(10, int(args.budget_seconds / per_step))
+    max_steps = max(10, int(args.budget_seconds / per_step))  # wall-clock budget → optimizer steps
     common.update(max_steps=max_steps, eval_steps=max(1, max_steps // args.num_evals))
     output_dir = work / f"{name}-seed{seed}"
     load_before = os.getloadavg()[0]
@@ -170,8 +181,8 @@ def run_one(name: str, seed: int, args, work: Path) -> dict:
               "curves": read_curves(output_dir, tokens_per_step),
               "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]}}
     if args.test_eval:
-        record["test"] = test_bound(output_dir, args.dataset, COMMON["block_size"], args.num_z_samples,
-                                    args.test_blocks)
+        record["test"] = test_bound(output_dir, run.get("dataset", args.dataset), COMMON["block_size"],
+                                    args.num_z_samples, args.test_blocks)
     return record
 
 
@@ -193,7 +204,7 @@ def parse_args(argv=None):
     parser.add_argument("--claim", required=True, choices=sorted(CLAIMS), help="which set of runs")
     parser.add_argument("--runs", nargs="+", default=None, help="only these runs of the claim (default: all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed")
-    parser.add_argument("--budget_seconds", type=float, default=180.0, help="training wall-clock per run")
+    parser.add_argument("--budget_seconds", type=float, default=120.0, help="training wall-clock per run")
     parser.add_argument("--dataset", default=DEFAULT_DATASET, help="training.data source (a folder or Hub id)")
     parser.add_argument("--probe_steps", type=int, default=60, help="steps of the seconds-per-step probe")
     parser.add_argument("--num_evals", type=int, default=8, help="validation points on each curve")
