@@ -1,5 +1,6 @@
-"""Curves of the likelihood study: train and validation NELBO (bits per character) against training tokens and
-against training seconds, one figure per claim, as the paper's Fig. 2-4 show them.
+"""Curves and tables of the likelihood study: train and validation NELBO (bits per character) against training
+tokens and against training seconds, one figure per claim, as the paper's Fig. 2-4 show them, and a Markdown table
+per claim (the numbers docs/results.md quotes).
 
     python -m bench.plot_likelihood_study                 # every bench/results/likelihood_study_*.json
     python -m bench.plot_likelihood_study --claims ladder --out docs/figures
@@ -52,16 +53,40 @@ def plot_claim(path: Path, out_dir: Path) -> Path:
     return target
 
 
+def markdown_table(path: Path) -> str:
+    """One row per run: steps, tokens, training seconds, validation BPC at the end and at equal tokens."""
+    data = json.loads(path.read_text())
+    runs = sorted(data["runs"], key=lambda r: (r["validation_bpc"], r["seed"]))
+    common_tokens = min(r["tokens"] for r in runs)
+    rows = [f"### {data['claim']}", "",
+            f"| run | seed | parameters | steps | tokens | train s | valid BPC ≤ | valid BPC at {common_tokens:,} tokens "
+            "| test BPC ≤ (K=1 / IW) |", "|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        test = run.get("test", {}).get("bounds", {})
+        test_cell = " / ".join(f"{b['bits_per_token']:.4f}" for b in test.values()) if test else "–"
+        rows.append(f"| {run['name']} | {run['seed']} | {run['num_parameters']:,} | {run['steps']} | "
+                    f"{run['tokens']:,} | {run['train_seconds']:.0f} | {run['validation_bpc']:.4f} | "
+                    f"{at_tokens(run, common_tokens)} | {test_cell} |")
+    return "\n".join(rows) + "\n"
+
+
+def at_tokens(run: dict, tokens: int) -> str:
+    """The validation point nearest below `tokens` (curves are sampled, so this is the closest measured one)."""
+    points = [p for p in run["curves"]["validation"] if p["tokens"] <= tokens]
+    return f"{bits(points[-1]['nats']):.4f} (at {points[-1]['tokens']:,})" if points else "–"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--claims", nargs="+", default=None, help="claims to plot (default: every result file)")
     parser.add_argument("--out", default=str(REPO / "docs" / "figures"), help="folder for the PNGs")
+    parser.add_argument("--markdown", action="store_true", help="print the tables instead of plotting")
     args = parser.parse_args(argv)
     paths = sorted(RESULTS_DIR.glob("likelihood_study_*.json"))
     if args.claims:
         paths = [p for p in paths if p.stem.removeprefix("likelihood_study_") in args.claims]
     for path in paths:
-        print(plot_claim(path, Path(args.out)))
+        print(markdown_table(path) if args.markdown else plot_claim(path, Path(args.out)))
 
 
 if __name__ == "__main__":
