@@ -1,7 +1,7 @@
 """Unconditional samples of fixed length from the evaluated model, as token ids (N, T).
 
-- TarFlowLM: ``model.generate(max_new_tokens=T, num_return_sequences=n, do_sample=True, temperature=τ)`` (base
-  noise scaled by τ, paper §7.1).
+- TarFlowLM: ``model.generate(max_new_tokens=T, num_return_sequences=n, do_sample=True, noise_temperature=τ)``
+  (base noise scaled by τ, paper §7.1; the final draw from p(x|z) stays at temperature 1).
 - Causal LM baseline: ancestral sampling after a start token (BOS, else EOS: GPT-2's ``<|endoftext|>``, which also
   starts MDLM's OpenWebText blocks), optionally nucleus (ReMDM's AR rows use top-p 0.9). Generation never stops
   early: EOS may be sampled but does not end the sample, so every sample has exactly T tokens, like the 1024-token
@@ -38,7 +38,9 @@ def causal_lm_samples(model, start_token_id: int, num: int, length: int, tempera
 
 @torch.no_grad()
 def latent_samples(model, num: int, length: int, temperature: float) -> torch.Tensor:
-    return model.generate(max_new_tokens=length, num_return_sequences=num, do_sample=True, temperature=temperature)
+    # τ scales the base noise only: generate's `temperature` would also temper the final draw from p(x|z)
+    return model.generate(max_new_tokens=length, num_return_sequences=num, do_sample=True,
+                          noise_temperature=temperature, temperature=1.0)
 
 
 def draw_samples(loaded: LoadedModel, num_samples: int, length: int, batch_size: int, temperature: float = 1.0,
