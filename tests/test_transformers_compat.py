@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +19,8 @@ from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-GPT2_TOKENIZER = "/work/shared/data/gpt2-tokenizer"
+# the real GPT-2 tokenizer files, in the shared data folder beside the repository
+GPT2_TOKENIZER = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2-tokenizer")
 
 
 @pytest.fixture(scope="module")
