@@ -8,7 +8,9 @@
 Every flag is listed by ``--help``; a ``--config`` preset (``training/configs/``) sets defaults that flags override.
 The output folder ends up holding the model (EMA weights, tokenizer, model card: load it with
 ``AutoModel.from_pretrained(folder, trust_remote_code=True)``), ``results.json``, ``metrics.jsonl``, the TensorBoard
-logs and the last checkpoints.
+logs and the last checkpoints. Exit status: 0 when done; 2 for a problem with the settings, data, network, output
+folder or checkpoint (one line on stderr); 128 + N after signal N (SIGTERM, SIGINT), with a checkpoint to resume
+from. docs/reliability.md lists every case.
 """
 
 import json
