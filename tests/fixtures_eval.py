@@ -45,7 +45,8 @@ class NoisyUniformLatentModel(torch.nn.Module):
         return ModelOutput(loss=nelbo.mean() / length, nelbo=nelbo, log_p_x_given_z=log_weight,
                            log_p_z=torch.zeros_like(log_p_x), log_q_z=log_q_z)
 
-    def generate(self, max_new_tokens, num_return_sequences=1, do_sample=True, temperature=1.0):
+    def generate(self, max_new_tokens, num_return_sequences=1, do_sample=True, temperature=1.0,
+                 noise_temperature=None):
         return torch.randint(self.config.vocab_size, (num_return_sequences, max_new_tokens))
 
 
