@@ -12,7 +12,7 @@ TARFLOW=${TARFLOW:-outputs/quickstart-tarflow}
 GPT2=${GPT2:-outputs/quickstart-gpt2}
 OUT=bench/results
 
-python -m evaluation.likelihood "$TARFLOW" --data tiny-literary --split test --num_z_samples 64 --iw_k 1 8 64 \
+python -m evaluation.likelihood "$TARFLOW" --data tiny-literary --split test --protocol paper --num_z_samples 64 --iw_k 1 8 64 \
     --batch_size 64 --seed 0 --output "$OUT/eval_quickstart_tarflow_likelihood.json"
 python -m evaluation.likelihood "$GPT2" --data tiny-literary --split test --seed 0 \
     --output "$OUT/eval_quickstart_gpt2_likelihood.json"
