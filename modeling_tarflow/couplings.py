@@ -2,7 +2,11 @@
 
 Uniform interface, for patches h of shape (B, n, c) and features f of shape (B, n, D):
     forward(h, f) -> (u, log_det)        log_det = log|det ∂u/∂h| per patch, shape (B, n)
-    inverse(u, f) -> (h, iterations)     iterations: root-finder iterations used (0 for closed-form inverses)
+    log_density(h, f) -> log_p           log p(h_t | C_t) = log N(u_t; 0, I) + log_det per patch, shape (B, n),
+                                         without u where the coupling's density is known in closed form
+    inverse(u, f) -> (h, iterations)     iterations: root-finder iterations used (0 for closed-form inverses);
+                                         `fixed_iterations=n`: the root finder's branch-free mode (`torch.compile`),
+                                         h NaN where it has not converged
 Mixture math runs in float32 or wider, outside autocast (see `mixtures.mixture_dtype`).
 """
 
@@ -17,7 +21,8 @@ from torch import nn
 
 from .codebook import GaussianCodebook
 from .heads import LinearHead, MaskedAutoregressiveHead
-from .mixtures import mixture_cdf_transform, mixture_dtype, mixture_inverse_cdf, normal_log_prob
+from .mixtures import (mixture_cdf_transform, mixture_dtype, mixture_inverse_cdf, mixture_log_prob,
+                       normal_log_prob)
 
 
 def _full_precision(*tensors: torch.Tensor):
@@ -43,36 +48,50 @@ class ElementwiseCoupling(nn.Module, metaclass=abc.ABCMeta):
             self.head = LinearHead(hidden_size, channels, self.params_per_channel)
 
     def forward(self, h: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        params = self.head(features, h)
-        context, (h, params) = _full_precision(h, params)
+        context, (h, params) = _full_precision(h, self.head(features, h))
         with context:
             u, log_det = self.transform(h, params)
         return u, log_det.sum(-1)
 
-    def inverse(self, u: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def log_density(self, h: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """log p(h_t | C_t) = Σ_i [log N(u_i; 0, 1) + log|du_i/dh_i|] per patch, (B, n)."""
+        context, (h, params) = _full_precision(h, self.head(features, h))
+        with context:
+            return self.channel_log_density(h, params).sum(-1)
+
+    def channel_log_density(self, h: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """log N(u_i; 0, 1) + log|du_i/dh_i| channel by channel; a coupling whose density is known directly
+        overrides this to skip u."""
+        u, log_det = self.transform(h, params)
+        return normal_log_prob(u) + log_det
+
+    def inverse(self, u: torch.Tensor, features: torch.Tensor,
+                fixed_iterations: int | None = None) -> tuple[torch.Tensor, int]:
         if not self.head.autoregressive:
-            return self._invert_full_precision(u, self.head(features))
+            return self._invert_full_precision(u, self.head(features), fixed_iterations)
         # MAF head: channel i needs h_{<i}, so the channels are recovered one after another.
         head = self.head.channel_by_channel(features)
         channels, iterations = [], 0
         for i in range(u.shape[-1]):
-            h_i, used = self._invert_full_precision(u[..., i:i + 1], head.params(i).unsqueeze(-2))
+            h_i, used = self._invert_full_precision(u[..., i:i + 1], head.params(i).unsqueeze(-2), fixed_iterations)
             channels.append(h_i[..., 0].to(u.dtype))
             head.observe(i, channels[-1])
             iterations = max(iterations, used)
         return torch.stack(channels, dim=-1), iterations
 
-    def _invert_full_precision(self, u: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def _invert_full_precision(self, u: torch.Tensor, params: torch.Tensor,
+                               fixed_iterations: int | None) -> tuple[torch.Tensor, int]:
         context, (u, params) = _full_precision(u, params)
         with context:
-            return self.invert(u, params)
+            return self.invert(u, params, fixed_iterations)
 
     @abc.abstractmethod
     def transform(self, h: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(u, log|du/dh|) channel by channel, both shaped like h."""
 
     @abc.abstractmethod
-    def invert(self, u: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def invert(self, u: torch.Tensor, params: torch.Tensor,
+               fixed_iterations: int | None = None) -> tuple[torch.Tensor, int]:
         """(h, root-finder iterations) with transform(h, params)[0] == u."""
 
 
@@ -85,7 +104,7 @@ class AffineCoupling(ElementwiseCoupling):
         a, b = params.unbind(-1)
         return (h - b) * torch.exp(-a), -a
 
-    def invert(self, u, params):
+    def invert(self, u, params, fixed_iterations=None):
         a, b = params.unbind(-1)
         return u * torch.exp(a) + b, 0
 
@@ -115,8 +134,13 @@ class MixtureCDFCoupling(ElementwiseCoupling):
     def transform(self, h, params):
         return mixture_cdf_transform(h, *self.mixture(params))
 
-    def invert(self, u, params):
-        result = mixture_inverse_cdf(u, *self.mixture(params), self.root_tolerance, self.root_max_iterations)
+    def channel_log_density(self, h, params):
+        # log N(u_i; 0, 1) + log|du_i/dh_i| = log p_mix(h_i): no CDF, no Φ⁻¹
+        return mixture_log_prob(h, *self.mixture(params))
+
+    def invert(self, u, params, fixed_iterations=None):
+        result = mixture_inverse_cdf(u, *self.mixture(params), self.root_tolerance, self.root_max_iterations,
+                                     fixed_iterations)
         return result.z, result.iterations
 
 
@@ -166,6 +190,18 @@ class MixtureRosenblattCoupling(nn.Module):
                   for s in range(0, z.shape[1], chunk)]
         return torch.cat([u for u, _ in pieces], dim=1), torch.cat([log_det for _, log_det in pieces], dim=1)
 
+    def log_density(self, h: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        r"""log p_mixd(z_t | C_t) = Σ_p logsumexp_k(log π_{t,p,k} + log N_k(z_{t,p})) per patch, (B, n): what the
+        NELBO needs of a last layer (log N(u; 0, I) + log|det| = log p_mixd), in (B, n, P, K) work instead of the
+        Rosenblatt transform's (B, n, P, K, d) — an LM head's cost; the distances to the K components are expanded
+        for large K (`GaussianCodebook.log_prob`)."""
+        z = h.unflatten(-1, (self.patch_size, self.latent_dim))
+        context, (z, logits) = _full_precision(z, self.mixture_logits(features))
+        with context:
+            log_n = self.components.log_prob(z).to(z.dtype)                       # (B, n, P, K)
+            log_p = torch.logsumexp(logits + log_n, dim=-1) - torch.logsumexp(logits, dim=-1)
+        return log_p.sum(-1)
+
     def _checkpointed_rosenblatt(self, z: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not torch.is_grad_enabled():
             return self._rosenblatt(z, logits)
@@ -183,7 +219,8 @@ class MixtureRosenblattCoupling(nn.Module):
             u, log_det = mixture_cdf_transform(z, log_alpha.transpose(-1, -2), mu.T, log_sigma.expand(self.latent_dim, -1))
         return u.flatten(-2), log_det.sum((-1, -2))
 
-    def inverse(self, u: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def inverse(self, u: torch.Tensor, features: torch.Tensor,
+                fixed_iterations: int | None = None) -> tuple[torch.Tensor, int]:
         u = u.unflatten(-1, (self.patch_size, self.latent_dim))
         context, (u, logits) = _full_precision(u, self.mixture_logits(features))
         with context:
@@ -194,7 +231,7 @@ class MixtureRosenblattCoupling(nn.Module):
             for i in range(self.latent_dim):
                 log_alpha = torch.log_softmax(log_pi + prefix, dim=-1)
                 result = mixture_inverse_cdf(u[..., i], log_alpha, mu[:, i], log_sigma,
-                                             self.root_tolerance, self.root_max_iterations)
+                                             self.root_tolerance, self.root_max_iterations, fixed_iterations)
                 prefix = prefix + normal_log_prob(result.z.unsqueeze(-1), mu[:, i], log_sigma)
                 dims.append(result.z)
                 iterations = max(iterations, result.iterations)

@@ -5,13 +5,16 @@ A layer maps h → y with y_t = τ(h_t; θ(h_{<t})), so its inverse is the trian
 in the layer's own order. Every strategy here takes y (B, N, c) in that order and, optionally, a prefix (B, Np, c)
 of already known inputs h that precede y (a prompt, for a left-to-right layer), and returns h (B, N, c) with its
 statistics. The coupling (`couplings.py`) inverts the patches given their features; the conditioner
-(`transformer.py`) computes the features.
+(`transformer.py`) computes the features. With `compile_backend`, each coupling's inverse runs under `torch.compile`
+(`compiled_inverse`): at batch 1 its hundreds of tiny operations per patch cost more in per-operation overhead than
+in arithmetic, and a compiled graph fuses them.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -86,11 +89,37 @@ class _RecomputedFeatures:
         self.known.append(patch)
 
 
-def _invert_patch_by_patch(coupling, y: torch.Tensor, features) -> tuple[torch.Tensor, int]:
+# Newton iterations of the root finder's branch-free mode under `torch.compile`: the trained models' root finds take
+# 1–6 (bench/results/sampling.json); a patch that needs more is solved again eagerly.
+COMPILED_ROOT_ITERATIONS = 8
+
+CouplingInverse = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, int]]
+
+
+def compiled_inverse(coupling, backend: str | None) -> CouplingInverse:
+    """`coupling.inverse`, or with a `torch.compile` backend ("inductor", ...) that inverse compiled with the root
+    finder's branch-free mode (`COMPILED_ROOT_ITERATIONS` Newton iterations, no data-dependent branch). An entry it
+    leaves unconverged is NaN, and then the patch is solved again eagerly: the result is always the exact inverse,
+    and its converged entries are the eager ones (`solve_increasing`). torch.compile keeps the compiled code with
+    the coupling's code, so a new wrapper per call recompiles nothing."""
+    if backend is None:
+        return coupling.inverse
+    fast = torch.compile(functools.partial(coupling.inverse, fixed_iterations=COMPILED_ROOT_ITERATIONS),
+                         backend=backend)
+
+    def inverse(u: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, int]:
+        h, iterations = fast(u, features)
+        if bool(torch.isfinite(h).all()):
+            return h, iterations
+        return coupling.inverse(u, features)
+    return inverse
+
+
+def _invert_patch_by_patch(inverse: CouplingInverse, y: torch.Tensor, features) -> tuple[torch.Tensor, int]:
     """h_t = τ⁻¹(y_t; f_t) for t = 0, 1, ..: the exact triangular solve, features from `features`."""
     patches, iterations = [], 0
     for t in range(y.shape[1]):
-        patch, used = coupling.inverse(y[:, t:t + 1], features.next())
+        patch, used = inverse(y[:, t:t + 1], features.next())
         features.observe(patch)
         patches.append(patch)
         iterations = max(iterations, used)
@@ -101,14 +130,16 @@ def _invert_patch_by_patch(coupling, y: torch.Tensor, features) -> tuple[torch.T
 class SequentialDecoding:
     """The exact inverse: one patch after another, each with one transformer step (`use_cache`: the keys and values
     of the earlier patches are kept in a preallocated `KVCache`) or a full transformer pass over all earlier patches
-    (no cache: O(N²), the reference the cached path is tested against)."""
+    (no cache: O(N²), the reference the cached path is tested against). `compile_backend`: see `compiled_inverse`."""
 
     use_cache: bool = True
+    compile_backend: str | None = None
 
     def invert(self, conditioner: CausalConditioner, coupling, y: torch.Tensor,
                prefix: torch.Tensor | None = None) -> LayerInversion:
         features = (_CachedFeatures if self.use_cache else _RecomputedFeatures).after_prefix(conditioner, y, prefix)
-        return LayerInversion(*_invert_patch_by_patch(coupling, y, features), [])
+        inverse = compiled_inverse(coupling, self.compile_backend)
+        return LayerInversion(*_invert_patch_by_patch(inverse, y, features), [])
 
 
 @dataclass(frozen=True)
@@ -125,38 +156,39 @@ class JacobiDecoding:
     A layer whose inverse is close to a discrete choice (a Mix-d layer over a narrow codebook) barely contracts:
     its blocks need about as many iterations as patches, each iteration costing a whole block. Once a block needs
     more than `fallback_fraction` of its size, the rest of that layer is decoded patch by patch (its count is then
-    reported as one block of as many iterations as patches).
+    reported as one block of as many iterations as patches). `compile_backend`: see `compiled_inverse`.
     """
 
     block_size: int = 16
     max_iterations: int | None = None
     tolerance: float = 1e-4
     fallback_fraction: float = 0.5
+    compile_backend: str | None = None
 
     def invert(self, conditioner: CausalConditioner, coupling, y: torch.Tensor,
                prefix: torch.Tensor | None = None) -> LayerInversion:
         features = _CachedFeatures.after_prefix(conditioner, y, prefix)
+        inverse = compiled_inverse(coupling, self.compile_backend)
         blocks, root_iterations, block_iterations = [], 0, []
         for start in range(0, y.shape[1], self.block_size):
             if block_iterations and block_iterations[-1] > self.fallback_fraction * self.block_size:
-                h, used = _invert_patch_by_patch(coupling, y[:, start:], features)
+                h, used = _invert_patch_by_patch(inverse, y[:, start:], features)
                 blocks, block_iterations = blocks + [h], block_iterations + [h.shape[1]]
                 root_iterations = max(root_iterations, used)
                 break
-            h, iterations, used = self._solve_block(coupling, y[:, start:start + self.block_size], features)
+            h, iterations, used = self._solve_block(inverse, y[:, start:start + self.block_size], features)
             blocks, block_iterations = blocks + [h], block_iterations + [iterations]
             root_iterations = max(root_iterations, used)
         return LayerInversion(torch.cat(blocks, dim=1).to(y.dtype), root_iterations, block_iterations)
 
-    def _solve_block(self, coupling, y: torch.Tensor, features: _CachedFeatures):
+    def _solve_block(self, inverse: CouplingInverse, y: torch.Tensor, features: _CachedFeatures):
         """Fixed-point iteration for the block starting at `features.position`; the initial guess is h = y (the
         identity map). Leaves `features` after the block."""
         h, root_iterations, conditioner = y, 0, features.conditioner
         first = features.previous if features.previous is not None else y.new_zeros(y.shape[0], 1, y.shape[-1])
         for iteration in range(1, (self.max_iterations or y.shape[1]) + 1):
             shifted = torch.cat([first, h[:, :-1]], dim=1).to(_network_dtype(conditioner))
-            h_next, used = coupling.inverse(y, conditioner.step(shifted, features.position, features.cache,
-                                                                y.shape[0]))
+            h_next, used = inverse(y, conditioner.step(shifted, features.position, features.cache, y.shape[0]))
             root_iterations = max(root_iterations, used)
             change = (h_next - h).abs().max()
             h = h_next.to(y.dtype)
@@ -168,4 +200,5 @@ class JacobiDecoding:
 
 SEQUENTIAL = SequentialDecoding()
 
-__all__ = ["LayerInversion", "SequentialDecoding", "JacobiDecoding", "SEQUENTIAL"]
+__all__ = ["LayerInversion", "SequentialDecoding", "JacobiDecoding", "SEQUENTIAL", "compiled_inverse",
+           "COMPILED_ROOT_ITERATIONS"]

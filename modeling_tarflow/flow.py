@@ -64,6 +64,12 @@ class AutoregressiveFlow(nn.Module):
         x = self._oriented(h)
         return self.coupling(x, self.conditioner(x))
 
+    def log_density(self, h: torch.Tensor) -> torch.Tensor:
+        """log p^(ℓ)(h) = log N(f(h); 0, I) + log|det J_f(h)| per sequence, (B,), without computing f(h) where the
+        coupling knows its density directly."""
+        x = self._oriented(h)
+        return self.coupling.log_density(x, self.conditioner(x)).sum(1)
+
     @torch.no_grad()
     def inverse(self, u: torch.Tensor, prefix: torch.Tensor | None = None,
                 decoding: SequentialDecoding | JacobiDecoding = SEQUENTIAL) -> LayerInversion:
@@ -126,17 +132,42 @@ class FlowStack(nn.Module):
         the first `num_frozen` layers run under `no_grad` (their outputs are fixed inputs of the trained layers).
         """
         self._check_latents(z, "z")
-        h = self._patchify(z)
-        hidden_states, log_dets = [z], []
-        layers = self.layers[:num_layers] if num_layers is not None else self.layers
+        _, log_dets, outputs = self._run(self._patchify(z), self._active(num_layers), num_frozen)
+        hidden_states = [z] + [self._unpatchify(h) for h in outputs]
+        return hidden_states[-1], torch.stack(log_dets, dim=-1), hidden_states
+
+    def log_prob(self, z: torch.Tensor, num_layers: int | None = None, num_frozen: int = 0) -> torch.Tensor:
+        r"""log p(z) (B,) under the first `num_layers` layers (as `forward_layers`), without computing u:
+
+            log p(z) = Σ_{ℓ<L} log|det J_ℓ| + log p^(L)(h^(L−1) | C^(L)),
+
+        since the last layer's log N(u; 0, I) + log|det J_L| is its own density of its input (Eq. 9). For a Mix-d
+        last layer (progressive stage 1) that density is a V-way logsumexp, with no Rosenblatt transform."""
+        self._check_latents(z, "z")
+        layers = self._active(num_layers)
+        h, log_dets, _ = self._run(self._patchify(z), layers[:-1], num_frozen)
+        last = len(layers) - 1
+        with torch.set_grad_enabled(torch.is_grad_enabled() and last >= num_frozen):
+            log_p = layers[-1].log_density(self._mixed(h, last))
+        return log_p + sum(log_dets)
+
+    def _active(self, num_layers: int | None) -> nn.ModuleList:
+        return self.layers[:num_layers] if num_layers is not None else self.layers
+
+    def _mixed(self, h: torch.Tensor, index: int) -> torch.Tensor:
+        """The input of layer `index` from the output of the layer before it (ChannelMix between layers)."""
+        return self.channel_mix(h) if index > 0 and self.channel_mix is not None else h
+
+    def _run(self, h: torch.Tensor, layers, num_frozen: int) -> tuple[torch.Tensor, list, list]:
+        """h through `layers` (the first ones of the stack): (output patches, log-determinants, each layer's
+        output patches); the first `num_frozen` under `no_grad`."""
+        log_dets, outputs = [], []
         for index, layer in enumerate(layers):
             with torch.set_grad_enabled(torch.is_grad_enabled() and index >= num_frozen):
-                if index > 0 and self.channel_mix is not None:
-                    h = self.channel_mix(h)
-                h, log_det = layer(h)
+                h, log_det = layer(self._mixed(h, index))
             log_dets.append(log_det)
-            hidden_states.append(self._unpatchify(h))
-        return hidden_states[-1], torch.stack(log_dets, dim=-1), hidden_states
+            outputs.append(h)
+        return h, log_dets, outputs
 
     def forward_by_patch(self, z: torch.Tensor, prefix_inputs: list[torch.Tensor] | None = None) -> LayerwiseForward:
         """Data → noise keeping every layer's input and per-patch log-determinant (for densities of parts of a
@@ -145,8 +176,7 @@ class FlowStack(nn.Module):
         with the same prefix — and returns u and log-determinants of the continuation only."""
         h, inputs, log_dets = self._patchify(z), [], []
         for index, layer in enumerate(self.layers):
-            if index > 0 and self.channel_mix is not None:
-                h = self.channel_mix(h)
+            h = self._mixed(h, index)
             x = h if prefix_inputs is None else torch.cat([prefix_inputs[index], h], dim=1)
             out, log_det = layer.forward_per_patch(x)
             known = x.shape[1] - h.shape[1]

@@ -17,7 +17,7 @@ from .prompting import PromptedSample, sample_continuation
 from .token_draw import decode_tokens, draw_tokens
 from .validation import as_token_ids, check_length, check_noise, check_unpadded, is_integer
 
-DECODINGS = ("sequential", "jacobi")
+DECODINGS = ("auto", "sequential", "jacobi")
 
 # The `GenerationConfig` fields this sampler honours (TarFlowLM's own fields come on top); any other field set to a
 # value other than its "off" value is refused with the reason below, never accepted and ignored.
@@ -62,8 +62,17 @@ class TarFlowGenerationConfig(GenerationConfig):
             first EOS among the new tokens hold `pad_token_id` (EOS itself when unset), as `transformers` pads.
         use_cache (`bool`): sequential decoding keeps each layer's keys and values in a preallocated KV cache
             (default); False recomputes the transformer over all earlier patches (slow; a reference).
-        decoding (`str`): `"sequential"` (exact, default) or `"jacobi"` (parallel fixed-point iteration per block of
-            patches, stopping at `jacobi_tolerance`; see `decoding.JacobiDecoding`).
+        decoding (`str`): `"sequential"` (the exact inverse), `"jacobi"` (parallel fixed-point iteration per block
+            of patches, stopping at `jacobi_tolerance`; see `decoding.JacobiDecoding`) or `"auto"` (default): Jacobi
+            when at most `jacobi_max_batch_size` sequences are sampled at once — where per-step overhead dominates
+            and Jacobi is the faster — and sequential otherwise, where the transformer's arithmetic dominates and
+            Jacobi's extra work per patch makes it the slower (docs/generation.md has the measurements).
+        jacobi_max_batch_size (`int`): the most sequences (batch · num_return_sequences) for which `"auto"`
+            chooses Jacobi (0: never).
+        compile_backend (`str`, *optional*): a `torch.compile` backend (`"inductor"`) to compile each flow layer's
+            per-patch coupling inverse with (the root finder's branch-free mode; a patch it leaves unconverged is
+            solved again eagerly, so samples stay exact). Compiling takes a while once per model and shape; it pays
+            where per-operation overhead dominates (batch 1). None (default): eager.
         jacobi_block_size (`int`), jacobi_max_iterations (`int`, *optional*: default the block size, which makes
             the iteration exact), jacobi_tolerance (`float`: max change of a latent between iterations),
             jacobi_fallback_fraction (`float`: a layer whose block needs more iterations than this fraction of its
@@ -85,7 +94,9 @@ class TarFlowGenerationConfig(GenerationConfig):
         kwargs.setdefault("use_cache", True)
         self.noise_temperature = kwargs.pop("noise_temperature", None)
         self.seed = kwargs.pop("seed", None)
-        self.decoding = kwargs.pop("decoding", "sequential")
+        self.decoding = kwargs.pop("decoding", "auto")
+        self.jacobi_max_batch_size = kwargs.pop("jacobi_max_batch_size", 1)
+        self.compile_backend = kwargs.pop("compile_backend", None)
         self.jacobi_block_size = kwargs.pop("jacobi_block_size", 32)
         self.jacobi_max_iterations = kwargs.pop("jacobi_max_iterations", None)
         self.jacobi_tolerance = kwargs.pop("jacobi_tolerance", 1e-4)
@@ -104,6 +115,9 @@ class TarFlowGenerationConfig(GenerationConfig):
         self._check_unsupported_fields()
         if self.decoding not in DECODINGS:
             raise ValueError(f"decoding must be one of {DECODINGS}, got {self.decoding!r}")
+        if self.compile_backend is not None and not isinstance(self.compile_backend, str):
+            raise ValueError(f"compile_backend must be a torch.compile backend name or None, got "
+                             f"{self.compile_backend!r}")
         for name in ("jacobi_tolerance", "jacobi_fallback_fraction"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)!r}")
@@ -112,7 +126,8 @@ class TarFlowGenerationConfig(GenerationConfig):
         """Integer fields are integers (4.0 is not a token count) in range; scales are real numbers in range."""
         for name, least in (("max_new_tokens", 1), ("max_length", 1), ("min_new_tokens", 0), ("min_length", 0),
                             ("num_return_sequences", 1), ("top_k", 0), ("jacobi_block_size", 1),
-                            ("jacobi_max_iterations", 1), ("prompt_proposals", 1), ("prompt_mcmc_steps", 0)):
+                            ("jacobi_max_iterations", 1), ("jacobi_max_batch_size", 0), ("prompt_proposals", 1),
+                            ("prompt_mcmc_steps", 0)):
             value = getattr(self, name)
             if value is not None and (not is_integer(value) or value < least):
                 raise ValueError(f"{name} must be an integer ≥ {least}, got {value!r}")
@@ -146,12 +161,18 @@ class TarFlowGenerationConfig(GenerationConfig):
                 return value
         return 1.0
 
-    def layer_decoding(self) -> SequentialDecoding | JacobiDecoding:
-        """The strategy that inverts each flow layer over its patches."""
-        if self.decoding == "jacobi":
+    def resolved_decoding(self, batch_size: int) -> str:
+        """`"sequential"` or `"jacobi"`: `decoding`, with `"auto"` decided by the sequences sampled at once."""
+        if self.decoding != "auto":
+            return self.decoding
+        return "jacobi" if batch_size <= self.jacobi_max_batch_size else "sequential"
+
+    def layer_decoding(self, batch_size: int = 1) -> SequentialDecoding | JacobiDecoding:
+        """The strategy that inverts each flow layer over its patches, for `batch_size` sequences at once."""
+        if self.resolved_decoding(batch_size) == "jacobi":
             return JacobiDecoding(self.jacobi_block_size, self.jacobi_max_iterations, self.jacobi_tolerance,
-                                  self.jacobi_fallback_fraction)
-        return SequentialDecoding(use_cache=self.use_cache is not False)
+                                  self.jacobi_fallback_fraction, self.compile_backend)
+        return SequentialDecoding(use_cache=self.use_cache is not False, compile_backend=self.compile_backend)
 
 
 def _is_real(value) -> bool:
@@ -181,6 +202,7 @@ class TarFlowGenerateOutput(ModelOutput):
             [h^(L) = u, h^(L−1), .., h^(0) = z], each `(batch, length, latent_dim)` (the paper's intermediate
             decoding, App. G; see `inspection.py`). With a prompt they cover the whole sequence, from a forward pass
             of the final z.
+        decoding (`str`): how the flow layers were inverted, `"sequential"` or `"jacobi"` (what `"auto"` chose).
         root_iterations (`list[int]`): root-finder iterations of each inverse layer's slowest entry (layer L first).
         fixed_point_iterations (`tuple[list[int], ...]`): Jacobi iterations per block, per layer (layer L first).
         prompt_effective_sample_size (`torch.FloatTensor` of shape `(batch,)`, *optional*): of the importance
@@ -191,6 +213,7 @@ class TarFlowGenerateOutput(ModelOutput):
 
     sequences: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoding: str | None = None
     root_iterations: list[int] | None = None
     fixed_point_iterations: tuple[list[int], ...] | None = None
     prompt_effective_sample_size: torch.FloatTensor | None = None
@@ -217,26 +240,26 @@ def generate_tokens(model, input_ids: torch.LongTensor | None, config: TarFlowGe
     sequences = new_ids if prompt is None else torch.cat([prompt, new_ids], dim=1)
     if not (config.return_dict_in_generate or config.output_hidden_states):
         return sequences
-    return _output(sequences, inversion, hidden_states, sample)
+    return _output(sequences, config.resolved_decoding(batch), inversion, hidden_states, sample)
 
 
 def _sample_latents(model, prompt: torch.Tensor | None, u: torch.Tensor, config: TarFlowGenerationConfig,
                     generator) -> tuple[torch.Tensor, FlowInversion, list | None, PromptedSample | None]:
     """(z of the new positions, the inversion, the levels [u .. z] if asked for, the prompted sample if any)."""
     if prompt is None:
-        inversion = model.flow.inverse_with_details(u, decoding=config.layer_decoding())
+        inversion = model.flow.inverse_with_details(u, decoding=config.layer_decoding(len(u)))
         return inversion.z, inversion, inversion.hidden_states if config.output_hidden_states else None, None
     prompt_z = model.codebook.sample(prompt, _standard_normal(prompt.shape + (model.config.latent_dim,), u, generator))
-    sample = sample_continuation(model.flow, prompt_z.to(u.dtype), u, config.layer_decoding(),
+    sample = sample_continuation(model.flow, prompt_z.to(u.dtype), u, config.layer_decoding(len(u)),
                                  config.base_noise_scale, config.prompt_proposals, config.prompt_mcmc_steps, generator)
     hidden_states = model.flow.forward_layers(sample.z)[2][::-1] if config.output_hidden_states else None
     return sample.z[:, prompt.shape[1]:], sample.inversion, hidden_states, sample
 
 
-def _output(sequences, inversion: FlowInversion, hidden_states, sample: PromptedSample | None
+def _output(sequences, decoding: str, inversion: FlowInversion, hidden_states, sample: PromptedSample | None
             ) -> TarFlowGenerateOutput:
     return TarFlowGenerateOutput(
-        sequences=sequences, hidden_states=None if hidden_states is None else tuple(hidden_states),
+        sequences=sequences, decoding=decoding, hidden_states=None if hidden_states is None else tuple(hidden_states),
         root_iterations=list(inversion.iterations), fixed_point_iterations=inversion.fixed_point_iterations,
         prompt_effective_sample_size=None if sample is None else sample.effective_sample_size,
         prompt_acceptance=None if sample is None else sample.acceptance)

@@ -98,8 +98,10 @@ def mixture_cdf_transform(z: torch.Tensor, log_w: torch.Tensor, mean: torch.Tens
 
 
 def mixture_inverse_cdf(u: torch.Tensor, log_w: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor,
-                        tolerance: float = 1e-6, max_iterations: int = 100) -> RootFindResult:
-    """z = F_mix⁻¹(Φ(u)), elementwise over `u`, by Newton's method with a safeguarded fallback (`solve_increasing`).
+                        tolerance: float = 1e-6, max_iterations: int = 100,
+                        fixed_iterations: int | None = None) -> RootFindResult:
+    """z = F_mix⁻¹(Φ(u)), elementwise over `u`, by Newton's method with a safeguarded fallback (`solve_increasing`;
+    `fixed_iterations`: its branch-free mode, NaN where unconverged).
 
     Solved in the lower tail and in log space, where it is well conditioned and needs no Φ⁻¹ per iteration: for
     u > 0 the mirrored mixture (means −m) is solved at −u, since 1 − F(z) = F_mirror(−z). There the residual
@@ -114,7 +116,7 @@ def mixture_inverse_cdf(u: torch.Tensor, log_w: torch.Tensor, mean: torch.Tensor
     u = -u.abs()
     log_target = log_ndtr(u)
     scale = torch.exp(log_scale)
-    starts = quantile_guesses(u, log_target, mirror, log_w, mean, scale)
+    starts = quantile_guesses(u, log_target, mirror, log_w, mean, scale, branch_free=fixed_iterations is not None)
     mean = mean * mirror.unsqueeze(-1)
     reach = (1.0 - u).unsqueeze(-1) * scale
     lower, upper = (mean - reach).amin(dim=-1), (mean + reach).amax(dim=-1)
@@ -129,28 +131,33 @@ def mixture_inverse_cdf(u: torch.Tensor, log_w: torch.Tensor, mean: torch.Tensor
     # |Δu| ≈ |g|·Φ(u)/φ(u) ≤ |g|/0.79 for u ≤ 0, and g cannot be resolved below the rounding of log F (a few ulps
     # of |log Φ(u)|)
     residual_tolerance = 0.79 * tolerance + 8 * torch.finfo(u.dtype).eps * (1 - 2 * log_target)
-    result = solve_increasing(residual_and_slope, lower, upper, starts, tolerance, max_iterations, residual_tolerance)
+    result = solve_increasing(residual_and_slope, lower, upper, starts, tolerance, max_iterations, residual_tolerance,
+                              fixed_iterations)
     return RootFindResult(result.z * mirror, result.iterations, result.residual)
 
 
 @torch.no_grad()
 def quantile_guesses(u: torch.Tensor, log_target: torch.Tensor, mirror: torch.Tensor, log_w: torch.Tensor,
-                     mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+                     mean: torch.Tensor, scale: torch.Tensor, branch_free: bool = False) -> torch.Tensor:
     """Guesses (C, ...) for the root of the mirrored problem of `mixture_inverse_cdf`, F'(z') = p with
     p = Φ(u) = exp(log_target) ≤ ½ and F' the mixture with means `mirror`·m:
 
     - moment-matched, exact for a single Gaussian: mean + std · u;
-    - staircase, exact when the components do not overlap (a trained tied codebook: narrow, far apart), computed
-      only when some entry's component means spread wider than its components (Var_w(m) > (Σ_k w_k s_k)²).
+    - staircase, exact when the components do not overlap (a trained tied codebook: narrow, far apart), for the
+      entries whose component means spread wider than their components (Var_w(m) > (Σ_k w_k s_k)²); computed only
+      when there are some, unless `branch_free` (no data-dependent branch, for `torch.compile`).
     """
     weight = torch.exp(log_w)
     mix_mean = (weight * mean).sum(-1)
     spread = (weight * mean.square()).sum(-1) - mix_mean.square()              # Var_w(m)
-    width = (weight * scale).sum(-1)
     moment = mirror * mix_mean + (spread + (weight * scale.square()).sum(-1)).clamp_min(0).sqrt() * u
-    if not bool((spread > width.square()).any()):
+    spread_out = spread > (weight * scale).sum(-1).square()
+    if mean.shape[-1] == 1 or not (branch_free or bool(spread_out.any())):
         return moment.unsqueeze(0)
-    return torch.stack([moment, _staircase_quantile(log_target, mirror, weight, mean, scale)])
+    # NaN (never the closest candidate) where an entry's components overlap: each entry's start, and so its root,
+    # does not depend on the other entries of the batch
+    staircase = torch.where(spread_out, _staircase_quantile(log_target, mirror, weight, mean, scale), torch.nan)
+    return torch.stack([moment, staircase])
 
 
 def _staircase_quantile(log_target: torch.Tensor, mirror: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,

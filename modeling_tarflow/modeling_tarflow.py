@@ -35,8 +35,10 @@ class TarFlowOutput(ModelOutput):
         log_p_x_given_z (`(batch,)`): log p(x|z) of the tied Bayes decoder.
         log_p_z (`(batch,)`): log p(z) = log N(u; 0, I) + Σ_ℓ log|det J_ℓ| under the flow prior.
         log_q_z (`(batch,)`): log q(z|x) of the Gaussian codebook encoder.
-        flow_log_dets (`(batch, num_flow_layers)`): log|det J_ℓ| of every flow layer, data → noise.
-        z (`(batch, length, latent_dim)`): the latent sample; u: its image under the flows.
+        flow_log_dets (`(batch, num_flow_layers)`): log|det J_ℓ| of every flow layer, data → noise (None with
+            `output_u=False`: the last layer's log-determinant needs u).
+        z (`(batch, length, latent_dim)`): the latent sample; u: its image under the flows (None with
+            `output_u=False`).
         hidden_states (`tuple`, *optional*): h^(0) = z, .., h^(L) = u, with `output_hidden_states=True`.
     """
 
@@ -169,6 +171,7 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        output_u: bool = True,
     ) -> TarFlowOutput | tuple:
         r"""NELBO of `input_ids` (batch, length) with one reparameterised z ~ q(z|x).
 
@@ -182,6 +185,11 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
             attention_mask (*optional*): all ones, as `transformers` tokenizers return it; padding is refused,
                 since every position of the sequence is a latent of the flow.
             labels (*optional*): if given, must equal `input_ids`: the loss always scores the whole sequence.
+            output_u (`bool`): compute u and every layer's log-determinant (default). False computes the same
+                NELBO with the last layer's density log p^(L)(h^(L−1)) = log N(u; 0, I) + log|det J_L| directly,
+                without u: for a Mix-d last layer (progressive stage 1) a V-way logsumexp instead of the
+                Rosenblatt transform's V·d terms per token. `u` and `flow_log_dets` are then None
+                (`output_hidden_states` needs u and computes it).
         """
         input_ids = self._checked_ids(input_ids, noise)
         check_unpadded(attention_mask, input_ids, "inputs", "pass unpadded sequences of equal length (e.g. text "
@@ -191,8 +199,12 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         with torch.set_grad_enabled(torch.is_grad_enabled() and num_frozen_flow_layers == 0):
             z, log_p_x_given_z, log_q_z = self._encode_and_decode(input_ids, noise)
-        u, flow_log_dets, hidden_states = self.flow.forward_layers(z, num_flow_layers, num_frozen_flow_layers)
-        log_p_z = normal_log_prob(u).sum((1, 2)) + flow_log_dets.sum(-1)
+        if output_u or output_hidden_states:
+            u, flow_log_dets, hidden_states = self.flow.forward_layers(z, num_flow_layers, num_frozen_flow_layers)
+            log_p_z = normal_log_prob(u).sum((1, 2)) + flow_log_dets.sum(-1)
+        else:
+            u = flow_log_dets = hidden_states = None
+            log_p_z = self.flow.log_prob(z, num_flow_layers, num_frozen_flow_layers)
         nelbo = -(log_p_x_given_z + log_p_z - log_q_z)
         output = TarFlowOutput(
             loss=nelbo.sum() / input_ids.numel(), nelbo=nelbo, log_p_x_given_z=log_p_x_given_z, log_p_z=log_p_z,

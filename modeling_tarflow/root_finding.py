@@ -35,8 +35,9 @@ class _Convergence:
 
     def __call__(self, z: torch.Tensor, residual: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         # step ≤ max(1, |z|) · (tolerance if |g| is small, else the float resolution)
-        allowed = torch.where(residual.abs() <= self.residual_tolerance, self.tolerance, self.resolution)
-        return step.abs() <= allowed * z.abs().clamp_min(1.0)
+        scale = z.abs().clamp_min(1.0)
+        return step.abs() <= torch.where(residual.abs() <= self.residual_tolerance, self.tolerance * scale,
+                                         self.resolution * scale)
 
 
 @torch.no_grad()
@@ -48,6 +49,7 @@ def solve_increasing(
     tolerance: float = 1e-6,
     max_iterations: int = 100,
     residual_tolerance: torch.Tensor | float | None = None,
+    fixed_iterations: int | None = None,
 ) -> RootFindResult:
     """Solve g(z) = 0 elementwise for an increasing g with g(lower) ≤ 0 ≤ g(upper).
 
@@ -57,9 +59,15 @@ def solve_increasing(
 
     Phase 1 is bracketed Newton from `start`, at most `NEWTON_ITERATIONS` iterations: the bracket shrinks with the
     sign of g, the Newton step z − g/g' is taken when it lands inside the bracket and the bracket is bisected
-    otherwise, and the loop stops as soon as every entry has converged. From a good start this takes 2–4 iterations
-    of one evaluation and a handful of elementwise operations. Only if some entry has not converged by then does
-    phase 2 (`_safeguarded`) take over, which freezes converged entries and guarantees convergence.
+    otherwise; each entry keeps the Newton step of the first iteration at which it converged (so its root does not
+    depend on the other entries), and the loop stops once every entry has. From a good start this takes 2–4
+    iterations of one evaluation and a handful of elementwise operations. Only if some entry has not converged by
+    then does phase 2 (`_safeguarded`) take over, which guarantees convergence.
+
+    With `fixed_iterations`, phase 1 runs exactly that many iterations with no data-dependent branch (what
+    `torch.compile` and CUDA graphs need), and an entry that has not converged is NaN instead of going to phase 2:
+    the caller checks `isfinite` once and solves again without `fixed_iterations`. A converged entry is the same in
+    both modes.
 
     An entry has converged when its Newton step |g/g'| ≤ `tolerance`·max(1, |z|) and |g| ≤ `residual_tolerance`
     (default: `tolerance`; a tensor gives one per entry) or the step is below float resolution. It then keeps that
@@ -67,32 +75,37 @@ def solve_increasing(
     """
     residual_tolerance = tolerance if residual_tolerance is None else residual_tolerance
     converged = _Convergence(tolerance, residual_tolerance, start.dtype)
-    z = start.clamp(lower, upper)
+    z, candidates = start.clamp(lower, upper), start.dim() > lower.dim()
+    solution = done = None
     iteration = 0
-    for iteration in range(1, min(NEWTON_ITERATIONS, max_iterations) + 1):
+    for iteration in range(1, (fixed_iterations or min(NEWTON_ITERATIONS, max_iterations)) + 1):
         residual, slope = residual_and_slope(z)
         step = residual / slope
-        if z.dim() > lower.dim():
-            z, residual, step = _closest_candidate(z, residual, step) if len(z) > 1 else (z[0], residual[0], step[0])
+        if candidates and iteration == 1:
+            z, residual, step = _closest_candidate(z, residual, step)
         newton = z - step
-        if bool(converged(z, residual, step).all()):
-            return RootFindResult(newton, iteration, residual)
+        now = converged(z, residual, step)
+        solution, done = (newton, now) if done is None else (torch.where(done, solution, newton), done | now)
+        if fixed_iterations is None and bool(done.all()):
+            return RootFindResult(solution, iteration, residual)
         lower = torch.where(residual <= 0, z, lower)
         upper = torch.where(residual > 0, z, upper)
         # non-strict: a Newton point on the bracket's edge is that edge's own root (g = 0), not a stall
         z = torch.where((newton >= lower) & (newton <= upper), newton, 0.5 * (lower + upper))
-    result = _safeguarded(residual_and_slope, lower, upper, z, converged, max_iterations - iteration)
-    return RootFindResult(result.z, iteration + result.iterations, result.residual)
+    if fixed_iterations is not None:
+        return RootFindResult(torch.where(done, solution, torch.nan), iteration, residual)
+    result = _safeguarded(residual_and_slope, lower, upper, z, converged, max_iterations - iteration, ~done)
+    return RootFindResult(torch.where(done, solution, result.z), iteration + result.iterations, result.residual)
 
 
-def _safeguarded(residual_and_slope, lower, upper, z, converged: _Convergence, max_iterations: int) -> RootFindResult:
-    """Newton–bisection: each iteration shrinks the bracket with the sign of g and takes the Newton step when it
-    lands strictly inside the bracket and the bracket is shrinking fast enough (Numerical Recipes' `rtsafe` rule),
-    otherwise bisects. Converged entries are frozen; an entry whose bracket has collapsed to float resolution keeps
-    its current point. The loop ends when every entry is frozen."""
+def _safeguarded(residual_and_slope, lower, upper, z, converged: _Convergence, max_iterations: int,
+                 active: torch.Tensor) -> RootFindResult:
+    """Newton–bisection for the `active` entries: each iteration shrinks the bracket with the sign of g and takes
+    the Newton step when it lands strictly inside the bracket and the bracket is shrinking fast enough (Numerical
+    Recipes' `rtsafe` rule), otherwise bisects. Converged entries are frozen; an entry whose bracket has collapsed
+    to float resolution keeps its current point. The loop ends when every entry is frozen."""
     lower, upper = lower.clone(), upper.clone()
     previous_step = upper - lower
-    active = torch.ones_like(z, dtype=torch.bool)
     solution, residual, iterations = z, torch.zeros_like(z), 0
     for iterations in range(1, max_iterations + 1):
         residual, slope = residual_and_slope(z)
@@ -118,6 +131,8 @@ def _safeguarded(residual_and_slope, lower, upper, z, converged: _Convergence, m
 def _closest_candidate(z: torch.Tensor, residual: torch.Tensor, step: torch.Tensor):
     """Per entry, the candidate start (first axis) whose Newton step |g/g'| — an estimate of its distance to the
     root — is shortest."""
+    if len(z) == 1:
+        return z[0], residual[0], step[0]
     best = step.abs().nan_to_num(float("inf")).argmin(0, keepdim=True)
     return [x.gather(0, best).squeeze(0) for x in (z, residual, step)]
 
