@@ -59,9 +59,11 @@ def median_seconds(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float
     return statistics.median(times), times
 
 
-def write_result(name: str, payload: dict) -> Path:
-    """Write `payload` (plus the environment) to bench/results/<name>.json and return the path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+def write_result(name: str, payload: dict, directory: Path | str = RESULTS_DIR) -> Path:
+    """Write `payload` (plus the environment) to <directory>/<name>.json (default bench/results/) and return the
+    path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
     path.write_text(json.dumps({"environment": describe_environment(), **payload}, indent=2) + "\n")
     return path

@@ -32,13 +32,17 @@ FLOW_LAYERS = [
 def build_models(width: int, heads: int, length: int, device: str):
     tarflow_config = TarFlowConfig(vocab_size=27, latent_dim=5, patch_size=1, hidden_size=width,
                                    num_attention_heads=heads, max_position_embeddings=length, flow_layers=FLOW_LAYERS)
-    depth = tarflow_config.num_transformer_layers
-    gpt2_config = GPT2Config(vocab_size=27, n_positions=length, n_embd=width, n_layer=depth, n_head=heads,
-                             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
-                             pad_token_id=0)
     tarflow = TarFlowForCausalFlowLM(tarflow_config).to(device)
-    gpt2 = GPT2LMHeadModel(gpt2_config).to(device)
-    return tarflow, gpt2
+    return tarflow, gpt2_like(tarflow_config).to(device)
+
+
+def gpt2_like(config: TarFlowConfig) -> GPT2LMHeadModel:
+    """The GPT-2 with a TarFlowLM's transformer (depth = all its flow layers' transformer layers, width, heads,
+    context) and a V-way softmax head over its vocabulary; no dropout, token 0 as start and end."""
+    return GPT2LMHeadModel(GPT2Config(
+        vocab_size=config.vocab_size, n_positions=config.max_position_embeddings, n_embd=config.hidden_size,
+        n_layer=config.num_transformer_layers, n_head=config.num_attention_heads, n_inner=config.intermediate_size,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, pad_token_id=0))
 
 
 def training_step(model, loss_fn):

@@ -9,9 +9,15 @@ width. For batch 1 and 32, tokens per second of
 TarFlowLM's exact sequential sampler (KV cache), of its Jacobi sampler, and of GPT-2's `generate`; configurations
 run interleaved, `--rounds` times, and the best round is kept beside the median (background load only ever slows a
 round down). Also recorded: the Jacobi sample's drift from the sequential one for the same noise, the root-finder
-and fixed-point iterations, and the KV cache's speed-up over recomputing the transformer.
+and fixed-point iterations, the KV cache's speed-up over recomputing the transformer, whether `decoding="auto"`
+chose the faster of the two, and (`--count_ops`) the tensor operations per token of each sampler and part of the
+model — what batch-1 sampling time is made of, the same on every machine.
 
-    python bench/sampling.py [--length 128] [--rounds 3] [--threads 1]
+`--model_folder` times a trained TarFlowLM (e.g. the quickstart's `outputs/quickstart-tarflow`) instead, against the
+GPT-2 of its depth, width and vocabulary; `--rounds 0` only counts operations (no timing).
+
+    python bench/sampling.py [--length 128] [--rounds 3] [--threads 1] [--count_ops]
+    python bench/sampling.py --model_folder outputs/quickstart-tarflow --output sampling_quickstart --count_ops
 """
 
 from __future__ import annotations
@@ -31,14 +37,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
 from environment import write_result  # noqa: E402
-from forward import build_models  # noqa: E402
+from forward import build_models, gpt2_like  # noqa: E402
+from profiling import count_operations, operations_by_part  # noqa: E402
 
-from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM  # noqa: E402
-from training.tokenization_char import encode_text8  # noqa: E402
+from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM, TarFlowGenerationConfig  # noqa: E402
 
 CORPUS = REPO / "data" / "tiny-literary" / "train.txt.gz"
 METHODS = ("sequential", "jacobi", "gpt2")
 VARIANTS = ("maf", "no_maf")
+TRAINED = "trained"          # the variant name of a `--model_folder` model
 
 
 class Cell(NamedTuple):
@@ -50,7 +57,7 @@ class Cell(NamedTuple):
     method: str
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--length", type=int, default=128, help="tokens sampled per sequence (a multiple of 4)")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 32], help="sequences sampled per call")
@@ -68,12 +75,24 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--learning_rate", type=float, default=2e-3, help="AdamW learning rate of the short training")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1 is immune to the stalls several threads suffer on a shared CPU)")
+    parser.add_argument("--model_folder", default=None,
+                        help="a trained TarFlowLM folder to time instead of the briefly trained char models (its patch "
+                             "size is used; --variants, --patch_sizes and the training flags are then ignored)")
+    parser.add_argument("--compile_backend", default=None,
+                        help="torch.compile backend of TarFlowLM's per-patch coupling inverse (e.g. inductor)")
+    parser.add_argument("--skip_drift", action="store_true",
+                        help="skip the Jacobi sample's drift from the sequential one (two more samples a cell)")
+    parser.add_argument("--count_ops", action="store_true",
+                        help="also count the tensor operations per token of every sampler, per part of the model")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--output", default="sampling", help="name of the JSON file in bench/results/")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def corpus_ids() -> torch.Tensor:
     """The shipped corpus's training split as text8 character ids (it is text8-normalised already)."""
+    from training.tokenization_char import encode_text8
+
     with gzip.open(CORPUS, "rt") as file:
         return torch.from_numpy(encode_text8(file.read()).astype("int64"))
 
@@ -90,13 +109,18 @@ def train_briefly(model: TarFlowForCausalFlowLM, ids: torch.Tensor, args) -> flo
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    model.eval().requires_grad_(False)
     return float(loss.detach())
 
 
-def build(args, ids: torch.Tensor):
-    """GPT-2 and one briefly trained TarFlowLM per (variant, patch size), all of the same depth and width."""
-    tarflow, gpt2 = build_models(args.width, args.heads, 256, "cpu")
+def build(args):
+    """GPT-2 and the TarFlowLMs to time, by (variant, patch size), all of the same depth and width: one trained
+    model from `--model_folder`, or one briefly trained model per variant and patch size."""
+    if args.model_folder:
+        model = TarFlowForCausalFlowLM.from_pretrained(args.model_folder).to(args.device).eval().requires_grad_(False)
+        args.variants, args.patch_sizes = [TRAINED], [model.config.patch_size]
+        return {(TRAINED, model.config.patch_size): model}, {}, gpt2_like(model.config).to(args.device).eval()
+    tarflow, gpt2 = build_models(args.width, args.heads, 256, args.device)
+    ids = corpus_ids()
     models, losses = {}, {}
     for variant in args.variants:
         layers = [{**layer, "autoregressive_dims": False} if layer["coupling"] == "mixture_cdf" and
@@ -105,36 +129,48 @@ def build(args, ids: torch.Tensor):
             torch.manual_seed(patch_size)
             config = TarFlowConfig.from_dict({**tarflow.config.to_dict(), "patch_size": patch_size,
                                               "flow_layers": layers})
-            models[variant, patch_size] = TarFlowForCausalFlowLM(config)
-            losses[variant, patch_size] = train_briefly(models[variant, patch_size], ids, args) \
+            models[variant, patch_size] = TarFlowForCausalFlowLM(config).to(args.device)
+            losses[variant, patch_size] = train_briefly(models[variant, patch_size], ids.to(args.device), args) \
                 if args.train_steps else None
+            models[variant, patch_size].eval().requires_grad_(False)
     return models, losses, gpt2.eval().requires_grad_(False)
 
 
 def sampler(cell: Cell, model, args):
     """A function of a seed drawing `cell.batch_size` samples of `args.length` tokens with `cell.method`."""
     if cell.method == "gpt2":
-        start = torch.zeros(cell.batch_size, 1, dtype=torch.long)
+        start = torch.zeros(cell.batch_size, 1, dtype=torch.long, device=model.device)
         return lambda seed: model.generate(start, attention_mask=torch.ones_like(start), do_sample=True,
                                            max_new_tokens=args.length, min_new_tokens=args.length, pad_token_id=0)
     return lambda seed: model.generate(max_new_tokens=args.length, num_return_sequences=cell.batch_size, seed=seed,
                                        decoding=cell.method, jacobi_block_size=args.jacobi_block_size,
-                                       jacobi_tolerance=args.jacobi_tolerance, return_dict_in_generate=True)
+                                       jacobi_tolerance=args.jacobi_tolerance, compile_backend=args.compile_backend,
+                                       return_dict_in_generate=True)
 
 
 def timed(function, seed: int) -> tuple[float, object]:
+    synchronize()
     start = time.perf_counter()
     output = function(seed)
+    synchronize()
     return time.perf_counter() - start, output
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def all_cells(args, models) -> list[Cell]:
+    cells = [Cell(*key, batch, method) for batch in args.batch_sizes for key in models for method in METHODS[:2]]
+    return cells + [Cell(None, None, batch, "gpt2") for batch in args.batch_sizes]
 
 
 def measure(args, models, gpt2) -> dict:
     """Seconds per call of every cell, interleaved over rounds, and each cell's output of the last round."""
-    cells = [Cell(*key, batch, method) for batch in args.batch_sizes for key in models for method in METHODS[:2]]
-    cells += [Cell(None, None, batch, "gpt2") for batch in args.batch_sizes]
     functions = {cell: sampler(cell, gpt2 if cell.method == "gpt2" else models[cell.variant, cell.patch_size],
-                               args) for cell in cells}
-    seconds, outputs = {cell: [] for cell in cells}, {}
+                               args) for cell in all_cells(args, models)}
+    seconds, outputs = {cell: [] for cell in functions}, {}
     for function in functions.values():                                      # warm-up: allocator, caches
         function(0)
     for round_index in range(args.rounds):
@@ -144,6 +180,22 @@ def measure(args, models, gpt2) -> dict:
             print(f"round {round_index + 1}: {tuple(cell)} {cell.batch_size * args.length / elapsed:8.1f} tokens/s",
                   flush=True)
     return {"seconds": seconds, "outputs": outputs}
+
+
+def operations_per_token(args, models, gpt2) -> list[dict]:
+    """Tensor operations per sampled token of every cell (untimed), TarFlowLM's split by part of the model."""
+    rows = []
+    for cell in all_cells(args, models):
+        tokens = cell.batch_size * args.length
+        if cell.method == "gpt2":
+            parts = {"all": count_operations(lambda: sampler(cell, gpt2, args)(0))}
+        else:
+            model = models[cell.variant, cell.patch_size]
+            parts = operations_by_part(model, lambda: sampler(cell, model, args)(0))
+        rows.append({**cell._asdict(), "total": sum(parts.values()) / tokens,
+                     "by_part": {part: count / tokens for part, count in parts.items()}})
+        print(f"{tuple(cell)}: {rows[-1]['total']:.0f} operations per token", flush=True)
+    return rows
 
 
 def jacobi_drift(model, batch_size: int, args) -> dict:
@@ -179,7 +231,7 @@ def summarise(args, measured, models) -> list[dict]:
     for cell, times in measured["seconds"].items():
         best = cell.batch_size * args.length / min(times)
         row = {"model": "GPT-2" if cell.method == "gpt2" else f"TarFlowLM ({cell.variant})",
-               "patch_size": cell.patch_size, "batch_size": cell.batch_size,
+               "variant": cell.variant, "patch_size": cell.patch_size, "batch_size": cell.batch_size,
                "decoding": "generate (KV cache)" if cell.method == "gpt2" else cell.method,
                "tokens_per_second": best,
                "tokens_per_second_median": cell.batch_size * args.length / statistics.median(times),
@@ -188,11 +240,28 @@ def summarise(args, measured, models) -> list[dict]:
             output = measured["outputs"][cell]
             row["root_iterations_per_layer"] = output.root_iterations
             row["fixed_point_iterations_per_block"] = [list(blocks) for blocks in output.fixed_point_iterations]
-            if cell.method == "jacobi":
+            if cell.method == "jacobi" and not args.skip_drift:
                 row["drift_from_sequential"] = jacobi_drift(models[cell.variant, cell.patch_size], cell.batch_size,
                                                             args)
         rows.append(row)
     return rows
+
+
+def auto_rule_check(rows: list[dict]) -> list[dict]:
+    """For every TarFlowLM (variant, patch size, batch size): the faster of sequential and Jacobi decoding, and
+    what `decoding="auto"` chooses there (with the default `jacobi_max_batch_size`)."""
+    speeds = {(r["variant"], r["patch_size"], r["batch_size"], r["decoding"]): r["tokens_per_second"] for r in rows}
+    checks = []
+    for variant, patch_size, batch_size, decoding in speeds:
+        if decoding != "sequential":
+            continue
+        sequential, jacobi = (speeds[variant, patch_size, batch_size, method] for method in METHODS[:2])
+        faster = "jacobi" if jacobi > sequential else "sequential"
+        chosen = TarFlowGenerationConfig(decoding="auto").resolved_decoding(batch_size)
+        checks.append({"variant": variant, "patch_size": patch_size, "batch_size": batch_size, "faster": faster,
+                       "auto_chooses": chosen, "auto_is_faster": chosen == faster,
+                       "jacobi_over_sequential": jacobi / sequential})
+    return checks
 
 
 def print_table(rows: list[dict]) -> None:
@@ -202,32 +271,37 @@ def print_table(rows: list[dict]) -> None:
               f"{row['tokens_per_second']:9.1f} {row['ratio_to_gpt2']:8.2f}")
 
 
-def main():
-    args = parse_args()
+def timings(args, models, gpt2) -> dict:
+    """The timed part of the result: rows, the auto rule against them, the KV cache's speed-up."""
+    rows = summarise(args, measure(args, models, gpt2), models)
+    print_table(rows)
+    cache_model = models[args.variants[0], 2 if 2 in args.patch_sizes else args.patch_sizes[0]]
+    return {"results": rows, "auto_rule": auto_rule_check(rows), "kv_cache": kv_cache_speedup(cache_model, args)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     transformers.logging.set_verbosity_error()   # GPT-2's generate warns about pad = eos for an unpadded start
     torch.set_num_threads(args.threads)
     print(f"resolved settings: {vars(args)}", flush=True)
     started = time.perf_counter()
-    models, losses, gpt2 = build(args, corpus_ids())
-    print(f"trained {len(models)} models in {time.perf_counter() - started:.0f} s: NELBO/token {losses}", flush=True)
-    measured = measure(args, models, gpt2)
-    rows = summarise(args, measured, models)
-    cache = kv_cache_speedup(models[args.variants[0], 2 if 2 in args.patch_sizes else args.patch_sizes[0]], args)
-    print_table(rows)
+    models, losses, gpt2 = build(args)
+    print(f"built {len(models)} models in {time.perf_counter() - started:.0f} s: NELBO/token {losses}", flush=True)
     result = {
-        "note": ("CPU only, other processes shared the 2 cores during the run: best of interleaved rounds is the "
-                 "figure, the median beside it shows the spread. GPU rows were not measured: no GPU in this "
-                 "session."),
-        "gpu": {"measured": False, "reason": "no GPU in this session"},
-        "config": {**vars(args), "transformer_layers": 12, "vocab_size": 27, "latent_dim": 5,
-                   "tarflow_flow_layers": {variant: models[variant, args.patch_sizes[0]].config.flow_layers
-                                           for variant in args.variants}},
+        "note": ("best of interleaved rounds is the figure, the median beside it shows the spread; operation counts "
+                 "are per sampled token and do not depend on the machine"),
+        "config": {**vars(args), "tarflow_flow_layers": {
+            variant: models[variant, args.patch_sizes[0]].config.flow_layers for variant in args.variants},
+                   "transformer_layers": gpt2.config.n_layer, "vocab_size": gpt2.config.vocab_size},
         "parameters": {"gpt2": gpt2.num_parameters(),
                        **{f"tarflow_{v}_P{p}": model.num_parameters() for (v, p), model in models.items()}},
         "training_nelbo_per_token": {f"{v}_P{p}": loss for (v, p), loss in losses.items()},
-        "results": rows, "kv_cache": cache, "wall_seconds": time.perf_counter() - started,
+        **(timings(args, models, gpt2) if args.rounds else {}),
+        **({"operations_per_token": operations_per_token(args, models, gpt2)} if args.count_ops else {}),
     }
+    result["wall_seconds"] = time.perf_counter() - started
     print(f"-> {write_result(args.output, result)} ({result['wall_seconds']:.0f} s)")
+    return result
 
 
 if __name__ == "__main__":

@@ -1,0 +1,39 @@
+"""The benchmark scripts run: bench/gpu.sh in its CPU dry mode and bench/scaling.py in its quick mode (tiny sizes),
+so that neither rots between the runs that time them."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(command: list[str]) -> None:
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def test_gpu_script_dry_run_checks_its_outputs_and_writes_every_section(tmp_path):
+    run(["bash", "bench/gpu.sh", "--dry", str(tmp_path)])
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    assert all(status.startswith("done") for status in result["sections"].values()), result["sections"]
+    assert result["round_trip"]["max_abs_error"] < 1e-3
+    for shape, modes in (("text8_mixd", ["tarflow_all_layers"]), ("owt_mixd", ["tarflow_stage1", "tarflow_stage3"])):
+        rows = result[f"training_{shape}"]
+        assert set(rows) == {*modes, "gpt2"} and all(math.isfinite(row["loss"]) for row in rows.values())
+        assert all(row["tokens_per_second"] > 0 for row in rows.values())
+    cells = {(row["model"], row["decoding"], row["batch_size"]) for row in result["sampling"]["results"]}
+    assert ("GPT-2", "generate (KV cache)", 1) in cells and ("TarFlowLM (maf)", "jacobi", 2) in cells
+    assert {check["auto_chooses"] for check in result["sampling"]["auto_rule"]} == {"jacobi", "sequential"}
+
+
+def test_scaling_quick_run_writes_every_model_at_every_point_and_a_plot(tmp_path):
+    run([sys.executable, "bench/scaling.py", "--quick", "--output_dir", str(tmp_path)])
+    result = json.loads((tmp_path / "scaling.json").read_text())
+    models = {"tarflow_stage1", "tarflow_stage1_through_u", "tarflow_stage3", "gpt2"}
+    points = {(row["sweep"], row["vocab_size"], row["length"]) for row in result["results"]}
+    assert len(result["results"]) == len(models) * len(points) == len(models) * 4
+    assert all(row["tokens_per_second"] > 0 and row["memory_bytes_per_token"] > 0 for row in result["results"])
+    assert result["plot"] is None or (tmp_path / "scaling.png").exists()
