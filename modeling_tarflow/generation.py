@@ -202,22 +202,22 @@ class TarFlowGenerateOutput(ModelOutput):
             [h^(L) = u, h^(L−1), .., h^(0) = z], each `(batch, length, latent_dim)` (the paper's intermediate
             decoding, App. G; see `inspection.py`). With a prompt they cover the whole sequence, from a forward pass
             of the final z.
-        decoding (`str`): how the flow layers were inverted, `"sequential"` or `"jacobi"` (what `"auto"` chose).
         root_iterations (`list[int]`): root-finder iterations of each inverse layer's slowest entry (layer L first).
         fixed_point_iterations (`tuple[list[int], ...]`): Jacobi iterations per block, per layer (layer L first).
         prompt_effective_sample_size (`torch.FloatTensor` of shape `(batch,)`, *optional*): of the importance
             weights of the prompt sampler's start, out of `prompt_proposals` (prompts with right-to-left layers).
         prompt_acceptance (`torch.FloatTensor` of shape `(batch,)`, *optional*): the fraction of accepted
             Metropolis–Hastings moves per sequence (prompts with right-to-left layers and `prompt_mcmc_steps` > 0).
+        decoding (`str`): how the flow layers were inverted, `"sequential"` or `"jacobi"` (what `"auto"` chose).
     """
 
     sequences: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    decoding: str | None = None
     root_iterations: list[int] | None = None
     fixed_point_iterations: tuple[list[int], ...] | None = None
     prompt_effective_sample_size: torch.FloatTensor | None = None
     prompt_acceptance: torch.FloatTensor | None = None
+    decoding: str | None = None
 
 
 @torch.no_grad()
