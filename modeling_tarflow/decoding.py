@@ -100,8 +100,9 @@ def compiled_inverse(coupling, backend: str | None) -> CouplingInverse:
     """`coupling.inverse`, or with a `torch.compile` backend ("inductor", ...) that inverse compiled with the root
     finder's branch-free mode (`COMPILED_ROOT_ITERATIONS` Newton iterations, no data-dependent branch). An entry it
     leaves unconverged is NaN, and then the patch is solved again eagerly: the result is always the exact inverse,
-    and its converged entries are the eager ones (`solve_increasing`). torch.compile keeps the compiled code with
-    the coupling's code, so a new wrapper per call recompiles nothing."""
+    and its converged entries are the eager ones (`solve_increasing`) up to the compiler's reordering of float
+    arithmetic; the iterations it reports are the fixed count. torch.compile keeps the compiled code with the
+    coupling's code, so a new wrapper per call recompiles nothing."""
     if backend is None:
         return coupling.inverse
     fast = torch.compile(functools.partial(coupling.inverse, fixed_iterations=COMPILED_ROOT_ITERATIONS),
