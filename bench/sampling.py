@@ -36,7 +36,7 @@ import transformers
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
-from environment import write_result  # noqa: E402
+from environment import RESULTS_DIR, write_result  # noqa: E402
 from forward import build_models, gpt2_like  # noqa: E402
 from profiling import count_operations, operations_by_part  # noqa: E402
 
@@ -85,7 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--count_ops", action="store_true",
                         help="also count the tensor operations per token of every sampler, per part of the model")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--output", default="sampling", help="name of the JSON file in bench/results/")
+    parser.add_argument("--output", default="sampling", help="name of the JSON file")
+    parser.add_argument("--output_dir", default=str(RESULTS_DIR), help="where the JSON file goes")
     return parser.parse_args(argv)
 
 
@@ -304,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
         **({"operations_per_token": operations_per_token(args, models, gpt2)} if args.count_ops else {}),
     }
     result["wall_seconds"] = time.perf_counter() - started
-    print(f"-> {write_result(args.output, result)} ({result['wall_seconds']:.0f} s)")
+    print(f"-> {write_result(args.output, result, args.output_dir)} ({result['wall_seconds']:.0f} s)")
     return result
 
 
