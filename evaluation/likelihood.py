@@ -71,7 +71,7 @@ def latent_nelbo_samples(model, blocks: torch.Tensor, num_samples: int, progress
     ``progress`` (a tqdm bar counting block-draws) advances by B after each draw."""
     draws = []
     for _ in range(num_samples):
-        draws.append(model(input_ids=blocks).nelbo.double())
+        draws.append(model(input_ids=blocks, output_u=False).nelbo.double())
         if progress is not None:
             progress.update(len(blocks))
     return torch.stack(draws, dim=1)

@@ -36,7 +36,7 @@ class NoisyUniformLatentModel(torch.nn.Module):
                                       max_position_embeddings=max_length)
         self.unused = torch.nn.Parameter(torch.zeros(1))
 
-    def forward(self, input_ids):
+    def forward(self, input_ids, output_u=True):
         batch, length = input_ids.shape
         log_p_x = torch.full((batch,), -length * math.log(self.config.vocab_size), dtype=torch.float64)
         log_weight = log_p_x + self.noise_std * torch.randn(batch, dtype=torch.float64) - self.noise_std**2 / 2

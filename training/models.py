@@ -36,9 +36,10 @@ class TarFlowRecipe:
         return TarFlowForCausalFlowLM(config)
 
     def block_nll(self, model: nn.Module, input_ids: torch.LongTensor, stage: Stage) -> torch.Tensor:
-        """NELBO in nats per block (B,) with the stage's flow layers (the frozen ones under no_grad)."""
+        """NELBO in nats per block (B,) with the stage's flow layers (the frozen ones under no_grad); u itself is
+        not needed for the loss, so the last layer returns only its density (``output_u=False``)."""
         return model(input_ids, num_flow_layers=stage.num_flow_layers,
-                     num_frozen_flow_layers=stage.num_frozen_flow_layers).nelbo
+                     num_frozen_flow_layers=stage.num_frozen_flow_layers, output_u=False).nelbo
 
     def sample(self, model: nn.Module, num_samples: int, length: int, seed: int) -> torch.LongTensor:
         return model.generate(max_new_tokens=length, num_return_sequences=num_samples, seed=seed, do_sample=True)
