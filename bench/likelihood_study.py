@@ -7,6 +7,7 @@ equal wall-clock, appended to ``bench/results/likelihood_study_<claim>.json`` as
     python -m bench.likelihood_study --claim mixd-split      # the presets' choices: depth split, channel mixing
     python -m bench.likelihood_study --claim learning-rate   # the rates both models are run at
     python -m bench.likelihood_study --claim headline --budget_seconds 600 --test_eval   # the gap to GPT-2
+    python -m bench.likelihood_study --claim bpe-generative --budget_seconds 300 --generative_eval   # Table 6, small N
     python -m bench.likelihood_study --claim ladder --runs mix1 --seeds 1                # one run, another seed
 
 Equal wall-clock: a short probe run measures each configuration's seconds per optimizer step on this machine, and
@@ -60,6 +61,11 @@ def tarflow(flow_layers: list[dict], stages: list[int] | None = None, fractions:
     return run
 
 
+# the BPE track: literary-docs (raw documents) with the real GPT-2 tokenizer (V = 50257), shorter blocks and
+# batches because the Mix-d layer and the Bayes decoder cost B·T·V·d per step
+BPE = {"dataset": str(REPO.parent / "shared" / "data" / "literary-docs"),
+       "tokenizer": str(REPO.parent / "shared" / "data" / "gpt2-tokenizer"), "block_size": 64,
+       "per_device_train_batch_size": 4, "max_eval_blocks": 64, "sample_length": 64}
 AR = {"model": "gpt2", "model_config": {**MODEL, "flow_layers": _mixd([2, 2, 2])}}  # GPT-2 reads depth/width only
 
 RUNS = {
@@ -74,10 +80,17 @@ RUNS = {
     # Fig. 4: Mix-1 without the MAF head, V mixtures
     **{f"mix1-nomaf-v{v}": tarflow(_layers("mixture_cdf", 3, 2, num_mixtures=v, autoregressive_dims=False))
        for v in (1, 2, 27)},
-    # the rebuttal's patch / depth trade-off (Mix-1 with MAF, 2 transformer layers per flow layer; P = 1 is "mix1")
-    **{f"mix1-p{p}-l{n}": tarflow(_layers("mixture_cdf", n, 2, num_mixtures=27, autoregressive_dims=True),
-                                  patch_size=p, channel_mixing=True)
-       for p, n in ((2, 3), (4, 3), (4, 8))},
+    # the rebuttal's patch / depth trade-off, on Mix-d progressive models (the rebuttal's Mix-1 models do not leave
+    # the unigram level in this budget): P = 1 is "mixd-progressive"; at P = 4, six flow layers instead of three
+    **{f"mixd-p{p}": tarflow(_mixd([2, 2, 2]), [1, 2, 3], [0.8, 0.1, 0.1], patch_size=p, channel_mixing=True)
+       for p in (2, 4)},
+    "mixd-p4-l6": tarflow(_mixd([2, 2, 2, 2, 2, 2]), [1, 2, 3, 4, 5, 6], [0.75] + [0.05] * 5, patch_size=4,
+                          channel_mixing=True),
+    # Table 6 at small N on the BPE track (GPT-2 tokenizer, d = 16, Mix-1 with V = 64 as the paper's OWT models)
+    "bpe-ar": {**BPE, **AR},
+    "bpe-mix1": {**BPE, **tarflow(_layers("mixture_cdf", 3, 2, num_mixtures=64, autoregressive_dims=True),
+                                  latent_dim=16)},
+    "bpe-mixd": {**BPE, **tarflow(_mixd([2, 2, 2], mixtures=64), [1, 2, 3], [0.8, 0.1, 0.1], latent_dim=16)},
     # Mix-d depth split, stage lengths and channel mixing (choices the presets make)
     "mixd-411-progressive": tarflow(_mixd([4, 1, 1]), [1, 2, 3], [0.9, 0.05, 0.05]),
     "mixd-411-progressive-chmix": tarflow(_mixd([4, 1, 1]), [1, 2, 3], [0.9, 0.05, 0.05], channel_mixing=True),
@@ -97,7 +110,8 @@ RUNS = {
 CLAIMS = {
     "ladder": ["ar", "affine", "affine-maf", "mix1", "mixd", "mixd-progressive"],   # claims 1, 2 and 5
     "num-mixtures": [f"mix1-nomaf-v{v}" for v in (1, 2, 27)],                      # claim 3
-    "patch-depth": ["mix1-p2-l3", "mix1-p4-l3", "mix1-p4-l8"],                     # claim 4 (with ladder/mix1)
+    "patch-depth": ["mixd-progressive", "mixd-p2", "mixd-p4", "mixd-p4-l6"],      # claim 4
+    "bpe-generative": ["bpe-ar", "bpe-mix1", "bpe-mixd"],                           # claim 6
     "mixd-split": ["mixd-411-progressive", "mixd-411-progressive-chmix", "mixd-6"],
     "learning-rate": ["ar-lr0.001", "ar-lr0.006", "mixd-411-progressive-lr0.001", "mixd-411-progressive-lr0.006"],
     "headline": ["ar-tuned", "mixd-411-progressive-tuned"],
@@ -164,6 +178,20 @@ def test_bound(output_dir: Path, dataset: str, block_size: int, num_z_samples: i
     return {"bounds": record["bounds"], "headline": record["headline"], "counts": record["counts"]}
 
 
+def generative_scores(output_dir: Path, run: dict, args) -> dict:
+    """Table 6's metrics at small N via `evaluation.generative`: Gen-PPL under the offline reference LM, entropy,
+    MAUVE against as many validation blocks of the run's corpus (the data's own row too)."""
+    out = output_dir / "generative.json"
+    command = [sys.executable, "-m", "evaluation.generative", str(output_dir), "--reference_data",
+               run.get("dataset", args.dataset), "--num_samples", str(args.generative_samples), "--sample_length",
+               str(run.get("sample_length", COMMON["sample_length"])), "--seed", "0", "--score_references",
+               "--output", str(out)]
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True)
+    record = json.loads(out.read_text())
+    return {"summary": record["summary"], "mauve": record["mauve"], "references": record.get("references"),
+            "sample_texts": record["samples"]["texts"][:4], "command": record["command"]}
+
+
 def run_one(name: str, seed: int, args, work: Path) -> dict:
     run = RUNS[name]
     # a preset run keeps its own settings: only the data position, seed and length are the study's
@@ -184,8 +212,10 @@ def run_one(name: str, seed: int, args, work: Path) -> dict:
               "curves": read_curves(output_dir, tokens_per_step),
               "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]}}
     if args.test_eval:
-        record["test"] = test_bound(output_dir, run.get("dataset", args.dataset), COMMON["block_size"],
-                                    args.num_z_samples, args.test_blocks)
+        record["test"] = test_bound(output_dir, run.get("dataset", args.dataset),
+                                    run.get("block_size", COMMON["block_size"]), args.num_z_samples, args.test_blocks)
+    if args.generative_eval:
+        record["generative"] = generative_scores(output_dir, run, args)
     return record
 
 
@@ -214,6 +244,9 @@ def parse_args(argv=None):
     parser.add_argument("--test_eval", action="store_true", help="also score the test split (and IW bound)")
     parser.add_argument("--num_z_samples", type=int, default=8, help="z draws per test block (--test_eval)")
     parser.add_argument("--test_blocks", type=int, default=1000, help="test blocks scored (--test_eval)")
+    parser.add_argument("--generative_eval", action="store_true",
+                        help="also sample and score Gen-PPL, MAUVE and entropy (evaluation.generative)")
+    parser.add_argument("--generative_samples", type=int, default=48, help="samples scored (--generative_eval)")
     parser.add_argument("--work_dir", default="runs/likelihood_study", help="where the run folders go")
     args = parser.parse_args(argv)
     unknown = set(args.runs or []) - set(CLAIMS[args.claim])
