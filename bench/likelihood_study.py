@@ -10,7 +10,7 @@ equal wall-clock, appended to ``bench/results/likelihood_study_<claim>.json`` as
     python -m bench.likelihood_study --claim bpe-generative --budget_seconds 300 --generative_eval   # Table 6, small N
     python -m bench.likelihood_study --claim ladder --runs mix1 --seeds 1                # one run, another seed
 
-Equal wall-clock: a short probe run measures each configuration's seconds per optimizer step on this machine, and
+Equal wall-clock: two short probe runs measure each configuration's seconds per optimizer step on this machine, and
 the run gets ``budget / (seconds per step)`` steps (stage boundaries are fractions of those steps). Every run
 records its steps, tokens, training seconds and curves (train and validation NELBO against tokens and seconds), so
 results can be read at equal tokens too. The data default is ``../shared/data/literary-text8`` (a text8-style
@@ -142,11 +142,16 @@ def train(flags: list[str], output_dir: Path, log_path: Path) -> tuple[dict, flo
 
 
 def seconds_per_step(name: str, run: dict, common: dict, work: Path, probe_steps: int) -> float:
-    """Measured on a short probe with the same stage fractions (per-stage costs differ, frozen layers are cheap)."""
-    flags = run_flags(run, {**common, "max_steps": probe_steps, "eval_steps": probe_steps, "num_samples": 0,
-                            "max_eval_blocks": 1})
-    results, _ = train(flags, work / f"probe-{name}", work / f"probe-{name}.log")
-    return results["train_seconds"] / results["steps"]
+    """Measured on two probes of ``probe_steps`` and twice as many steps with the same stage fractions (per-stage
+    costs differ, frozen layers are cheap): the difference of their training seconds is the cost of the extra
+    steps without the start-up (first steps, data loading) that one probe would spread over every step."""
+    seconds = []
+    for steps in (probe_steps, 2 * probe_steps):
+        flags = run_flags(run, {**common, "max_steps": steps, "eval_steps": steps, "num_samples": 0,
+                                "max_eval_blocks": 1})
+        results, _ = train(flags, work / f"probe-{name}-{steps}", work / f"probe-{name}-{steps}.log")
+        seconds.append(results["train_seconds"])
+    return max(seconds[1] - seconds[0], 1e-3) / probe_steps
 
 
 def read_curves(output_dir: Path, tokens_per_step: int) -> dict:

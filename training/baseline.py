@@ -15,9 +15,14 @@ from modeling_tarflow import TarFlowConfig
 
 
 def start_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(" ")):
-        if token_id is not None and token_id != tokenizer.unk_token_id:
+    # GPT-2's tokenizer names <|endoftext|> as BOS, EOS and UNK at once, so only the space lookup (which answers
+    # UNK for a missing token) is checked against UNK
+    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
             return token_id
+    space_id = tokenizer.convert_tokens_to_ids(" ")
+    if space_id is not None and space_id != tokenizer.unk_token_id:
+        return space_id
     raise ValueError("the tokenizer has no BOS, EOS or space token to start the baseline's blocks with")
 
 
