@@ -213,7 +213,7 @@ def run_one(name: str, seed: int, args, work: Path) -> dict:
               "budget_seconds": args.budget_seconds, "steps": results["steps"], "tokens": results["tokens"],
               "train_seconds": results["train_seconds"], "process_seconds": wall,
               "num_parameters": results["num_parameters"], "stages": results["stages"],
-              "validation_bpc": results["validation"]["bpc"], "samples": results.get("samples", []),
+              "validation_bpc": results["validation"].get("bpc"), "validation": results["validation"], "samples": results.get("samples", []),
               "curves": read_curves(output_dir, tokens_per_step),
               "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]}}
     if args.test_eval:
@@ -269,8 +269,9 @@ def main(argv=None) -> None:
             record = run_one(name, seed, args, work)
             path = append_record(args.claim, record)
             bpc = record.get("test", {}).get("headline", {}).get("value", math.nan)
+            validation = ", ".join(f"{key} {value:.4f}" for key, value in record["validation"].items())
             print(f"{args.claim}/{name} seed {seed}: {record['steps']} steps, {record['train_seconds']:.0f} s, "
-                  f"validation BPC {record['validation_bpc']:.4f}, test {bpc:.4f} -> {path}", flush=True)
+                  f"validation {validation}, test {bpc:.4f} -> {path}", flush=True)
 
 
 if __name__ == "__main__":
