@@ -15,7 +15,7 @@ from evaluation import generative
 from evaluation.entropy import sample_entropies, unigram_entropy
 from evaluation.gen_ppl import counted_targets, generative_perplexity
 from evaluation.loading import LoadedModel
-from fixtures_eval import EOS, NoisyUniformLatentModel, char_tokenizer, save_causal_lm, tiny_gpt2, uniform_gpt2
+from tests.helpers.evaluation import EOS, NoisyUniformLatentModel, char_tokenizer, save_causal_lm, tiny_gpt2, uniform_gpt2
 
 E = 27  # the EOS id of char_tokenizer(with_eos=True)
 

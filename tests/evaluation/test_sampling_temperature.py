@@ -4,7 +4,7 @@ import torch
 
 from evaluation.sampling import latent_samples
 from modeling_tarflow import TarFlowForCausalFlowLM
-from conftest import tiny_config
+from tests.helpers.modeling import tiny_config
 
 
 def test_tau_scales_the_base_noise_and_leaves_the_final_draw_at_temperature_one(monkeypatch):

@@ -9,7 +9,7 @@ import pytest
 
 from evaluation import generative, likelihood
 from evaluation.loading import LoadedModel, ModelUnavailableError, load_evaluated_model
-from fixtures_eval import NoisyUniformLatentModel, char_tokenizer
+from tests.helpers.evaluation import NoisyUniformLatentModel, char_tokenizer
 
 CORPUS = ["--data", "tiny-literary", "--split", "test"]
 

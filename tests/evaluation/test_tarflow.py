@@ -9,7 +9,7 @@ import torch
 
 from evaluation import generative, likelihood
 from evaluation.corpus import load_blocks
-from fixtures_eval import char_tokenizer, save_causal_lm, tiny_gpt2
+from tests.helpers.evaluation import char_tokenizer, save_causal_lm, tiny_gpt2
 from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM
 
 BLOCK_SIZE, MAX_BLOCKS = 32, 12

@@ -1,16 +1,19 @@
 """Tiny, offline stand-ins for the evaluation tests: a 27-symbol character tokenizer, a fake latent model with the
-TarFlowLM forward fields, and tiny GPT-2 causal LMs. Text comes from the shipped corpus ``data/tiny-literary``."""
+TarFlowLM forward fields, tiny GPT-2 causal LMs, and texts from the shipped corpus ``data/tiny-literary``."""
 
 import math
+import random
 from types import SimpleNamespace
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from transformers.utils import ModelOutput
 
+from training.data import load_openwebtext
 from training.tokenization_char import build_char_tokenizer
 
 EOS = "<eos>"
+WORDS_PER_TEXT, WORDS_PER_SOURCE = 50, 4000
 
 
 def char_tokenizer(with_eos: bool = False) -> PreTrainedTokenizerFast:
@@ -70,3 +73,19 @@ def save_causal_lm(model, tokenizer, folder) -> str:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+def corpus_texts() -> tuple[list[str], list[str], list[str]]:
+    """Two interleaved halves of 50-word texts from the shipped corpus's validation split (KJV, Shakespeare, Jargon
+    File; at most 4,000 words of each), and as many texts of the same words shuffled across the whole set."""
+    words_by_source = {}
+    for document in load_openwebtext("tiny-literary", "validation"):
+        words_by_source.setdefault(document["source"], []).extend(document["text"].split())
+    texts = []
+    for words in words_by_source.values():
+        words = words[:WORDS_PER_SOURCE]
+        texts += [" ".join(words[i : i + WORDS_PER_TEXT]) for i in range(0, len(words), WORDS_PER_TEXT)]
+    words = " ".join(texts).split()
+    random.Random(0).shuffle(words)
+    shuffled = [" ".join(words[i : i + WORDS_PER_TEXT]) for i in range(0, len(words) // 2, WORDS_PER_TEXT)]
+    return texts[0::2], texts[1::2], shuffled

@@ -1,4 +1,4 @@
-"""Shared by the generation tests."""
+"""Fixtures of the model tests: one sampling thread, and a tiny randomised TarFlowLM shared by a test module."""
 
 import pytest
 import torch
@@ -17,8 +17,7 @@ def single_thread():
 @pytest.fixture(scope="module")
 def model():
     """A tiny TarFlowLM (P = 2; Mix-d, Mix-1, affine) with every parameter moved off its initialisation."""
-    from conftest import randomize_, tiny_config
-
     from modeling_tarflow import TarFlowForCausalFlowLM
+    from tests.helpers.modeling import randomize_, tiny_config
 
     return randomize_(TarFlowForCausalFlowLM(tiny_config(patch_size=2))).eval()

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import randomize_, tiny_config
+from tests.helpers.modeling import randomize_, tiny_config
 
 from modeling_tarflow import TarFlowForCausalFlowLM
 from modeling_tarflow.flow import ChannelMix

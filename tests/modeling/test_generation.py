@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from fixtures_generation import model, single_thread  # noqa: F401
 from transformers import AutoModel
 
 from modeling_tarflow import TarFlowGenerationConfig

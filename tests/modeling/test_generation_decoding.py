@@ -5,8 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import randomize_, tiny_config
-from fixtures_generation import single_thread  # noqa: F401
+from tests.helpers.modeling import randomize_, tiny_config
 
 from modeling_tarflow import TarFlowForCausalFlowLM
 from modeling_tarflow.decoding import JacobiDecoding, SequentialDecoding
@@ -112,7 +111,7 @@ def test_the_better_of_several_starts_is_used():
 
 
 def test_float32_roots_of_far_apart_tiny_components_are_the_float64_roots_rounded():
-    """Extends tests/test_mixtures.py's adversarial test to the case it leaves out: components of scale e^-7 at
+    """Extends tests/modeling/test_mixtures.py's adversarial test to the case it leaves out: components of scale e^-7 at
     ±30, where no float32 z reaches |F(z) − Φ(u)| < 1e-5, so the float32 root is checked against the float64 one."""
     generator = torch.Generator().manual_seed(5)
     n = 2001

@@ -3,7 +3,6 @@ final draw from p(x|z) (temperature, top-k, top-p), τ on the base noise, and en
 
 import pytest
 import torch
-from fixtures_generation import model, single_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from fixtures_generation import model, single_thread  # noqa: F401
 
 from modeling_tarflow.inspection import decode_levels, edits_html, latent_metrics, level_names, write_flow_inspection
 

@@ -3,8 +3,7 @@ right-to-left layers the Metropolis–Hastings sampler targets the exact conditi
 
 import pytest
 import torch
-from conftest import randomize_, tiny_config
-from fixtures_generation import single_thread  # noqa: F401
+from tests.helpers.modeling import randomize_, tiny_config
 
 from modeling_tarflow import TarFlowForCausalFlowLM
 from modeling_tarflow.decoding import SEQUENTIAL, JacobiDecoding

@@ -4,8 +4,7 @@ and `decoding="auto"` follows its rule."""
 
 import pytest
 import torch
-from conftest import tiny_config
-from fixtures_generation import single_thread  # noqa: F401
+from tests.helpers.modeling import tiny_config
 
 from modeling_tarflow import TarFlowForCausalFlowLM
 from modeling_tarflow import decoding as decoding_module

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_config
+from tests.helpers.modeling import tiny_config
 
 from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM, TokenIdDtypeError
 

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import randomize_, tiny_config
+from tests.helpers.modeling import randomize_, tiny_config
 from transformers import AutoConfig, AutoModel
 
 from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM

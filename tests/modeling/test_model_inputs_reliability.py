@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import randomize_, tiny_config
+from tests.helpers.modeling import randomize_, tiny_config
 from transformers import AutoModel
 
 from modeling_tarflow import CheckpointMismatchError, TarFlowConfig, TarFlowForCausalFlowLM

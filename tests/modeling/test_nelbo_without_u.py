@@ -3,7 +3,7 @@
 
 import pytest
 import torch
-from conftest import randomize_, tiny_config
+from tests.helpers.modeling import randomize_, tiny_config
 
 from modeling_tarflow import TarFlowForCausalFlowLM
 

@@ -7,12 +7,11 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import randomize_, tiny_config
-from fixtures_generation import single_thread  # noqa: F401
+from tests.helpers import REPO
+from tests.helpers.modeling import randomize_, tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM
@@ -20,7 +19,7 @@ from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 # the real GPT-2 tokenizer files, in the shared data folder beside the repository
-GPT2_TOKENIZER = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2-tokenizer")
+GPT2_TOKENIZER = str(REPO.parent / "shared" / "data" / "gpt2-tokenizer")
 
 
 @pytest.fixture(scope="module")

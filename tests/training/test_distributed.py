@@ -5,14 +5,12 @@ import json
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from test_training_tiny import tiny_args
+from tests.helpers import REPO
+from tests.helpers.training import tiny_args
 from training.tracking import read_metrics
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:

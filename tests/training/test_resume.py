@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from test_training_tiny import TINY_MODEL, run_in_process, tiny_args
+from tests.helpers import REPO
+from tests.helpers.training import TINY_MODEL, run_in_process, tiny_args
 from training.checkpointing import complete_checkpoints
 from training.tracking import METRICS_FILE, read_metrics
 
-REPO = Path(__file__).resolve().parent.parent
 MAX_STEPS = 12
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl",
                     "custom_checkpoint_1.pkl", "custom_checkpoint_2.pkl")
