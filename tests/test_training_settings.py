@@ -257,7 +257,7 @@ def test_guard_skips_non_finite_steps_and_stops_when_they_persist():
 
 
 def test_baseline_matches_tarflow_size_and_scores_every_token():
-    from training.baseline import baseline_block_nll, build_baseline
+    from training.recipes import baseline_block_nll, build_baseline
     from training.tokenization_char import build_char_tokenizer
 
     config = TarFlowConfig(hidden_size=32, num_attention_heads=2, max_position_embeddings=16, dropout=0.1,

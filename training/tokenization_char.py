@@ -61,6 +61,15 @@ def decode_text8(ids) -> str:
     return "".join(TEXT8_ALPHABET[i] for i in np.asarray(ids, dtype=np.int64).tolist())
 
 
+def is_character_tokenizer(tokenizer) -> bool:
+    """Whether `tokenizer` is the 27-symbol alphabet, special tokens added on top (an EOS, say) aside: the one test of
+    "is this a character model" that decides BPC over perplexity in training's logs and in evaluation, and the
+    character stream over packed documents in evaluation's corpus."""
+    special = set(tokenizer.all_special_tokens)
+    alphabet = {symbol: i for i, symbol in enumerate(TEXT8_ALPHABET)}
+    return {token: i for token, i in tokenizer.get_vocab().items() if token not in special} == alphabet
+
+
 def build_char_tokenizer() -> PreTrainedTokenizerFast:
     """The 27-symbol character tokenizer (``len(tokenizer) == 27``, no special tokens).
 
