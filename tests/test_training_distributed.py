@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from test_training_tiny import tiny_args
-from training.tracking import read_metrics
+from evaluation.training_logs import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from test_training_tiny import TINY_MODEL, run_in_process, tiny_args
+from evaluation.training_logs import METRICS_FILE, read_metrics
 from training.checkpointing import complete_checkpoints
-from training.tracking import METRICS_FILE, read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_STEPS = 12
