@@ -51,7 +51,7 @@ class LikelihoodArguments(EvaluationArguments):
                                    "being the ELBO (quick: 1 8; paper: 1 8 64)"})
     metric: str = field(default="auto", metadata={"choices": ("auto", "bpc", "ppl"), "help": "headline unit: bits "
                         "per token (= BPC for character models) or perplexity; auto = bpc for a character model "
-                        "(the 27-symbol text8 alphabet)"})
+                        "(its tokenizer is the 27-symbol text8 alphabet)"})
     no_start_token: bool = field(default=False, metadata={"help": "causal LM: do not condition the first token of "
                                  "a block on BOS (then only T - 1 tokens per block are scored)"})
 
