@@ -6,11 +6,12 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+
+from evaluation.records import git, machine
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -19,28 +20,15 @@ def describe_environment() -> dict:
     """Machine, library versions and git commit, so a figure can be traced to what produced it."""
     import transformers
 
-    info = {
+    return {
+        **machine(),
         "machine": platform.machine(),
         "processor": platform.processor() or None,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "git_commit": _git_commit(),
+        "git_commit": git("rev-parse", "--short", "HEAD"),
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
-    return info
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=10)
-        return out.stdout.strip() or None
-    except OSError:
-        return None
 
 
 def median_seconds(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:

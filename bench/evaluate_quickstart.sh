@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 6's real run: the quickstart TarFlowLM and its GPT-2 baseline (both trained by the README's main command,
+# The quickstart TarFlowLM and its GPT-2 baseline (both trained by the README's main command,
 # the second with --model gpt2) evaluated on the shipped corpus, offline, results in bench/results/.
 #   likelihood: the whole test split, 256-character blocks, 64 z draws per block → ELBO and IW bounds K = 8, 64
 #   generative: 200 samples of 256 characters; Gen-PPL under SmolLM2-135M (the offline stand-in for GPT-2 Large),

@@ -1,26 +1,22 @@
-"""Training-step and inversion throughput of TarFlowLM against a GPT-2 of the same depth and width (issue 3).
+"""Training-step and inversion throughput of TarFlowLM against a GPT-2 of the same depth and width.
 
 The char-level config replaces GPT-2's 12 transformer layers one for one by 3 flow layers (Mix-d + 2×Mix-1,
 4 transformer layers each), width 256, V = 27, d = 5, P = 1, 256-token sequences. Both models are timed in the same
 process, interleaved, so background load hits both alike.
 
-    python bench/forward.py [--batch_size 16] [--repeats 5] [--device cpu]
+    python -m bench.forward [--batch_size 16] [--repeats 5] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from environment import median_seconds, write_result  # noqa: E402
-
-from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM  # noqa: E402
+from bench.environment import median_seconds, write_result
+from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM
 
 FLOW_LAYERS = [
     {"coupling": "mixture_rosenblatt", "num_layers": 4},

@@ -1,12 +1,12 @@
-"""One GPU run (issue 13), started by `bench/gpu.sh`: on one H100/H200, in under 8 minutes, it writes
+"""One GPU run, started by `bench/gpu.sh`: on one H100/H200, in under 8 minutes, it writes
 <output_dir>/gpu.json with
 
 - checks, before any timing: every timed model's training loss is finite, TarFlowLM's flow inverts its forward
   (z → u → z), and sampled ids lie in the vocabulary;
 - training: tokens/s and peak memory per token of a training step (forward, backward, AdamW) under bf16 autocast —
   TarFlowLM in the text8-Mix-d (V 27, d 5, 256 tokens) and OWT-Mix-d (V 50257, d 16, 1024 tokens; progressive
-  stage 1 and stage 3) shapes of §3.8 at GPT-2-small width (3 flow layers × 4 transformer layers, 768 wide, 12 heads)
-  against `GPT2LMHeadModel` with the same 12 layers, vocabulary and length — eager, then under `torch.compile`;
+  stage 1 and stage 3) shapes of the text8-mixd / owt-mixd presets (§4's Mix-d) at GPT-2-small width (3 flow
+  layers × 4 transformer layers, 768 wide, 12 heads) against `GPT2LMHeadModel` with the same 12 layers, vocabulary and length — eager, then under `torch.compile`;
 - sampling: tokens/s of TarFlowLM (text8-Mix-d shape, briefly trained on the shipped corpus so no flow is the
   identity) at batch 1/32/256 and patch 1/2/4, sequential and Jacobi, against GPT-2's `generate` (KV cache), with
   `bench/sampling.py`'s own functions; then, as time allows, with the compiled coupling inverse and GPT-2's
@@ -17,27 +17,22 @@ skipped, one that fails is recorded with its error, and the JSON is rewritten af
 cut short still leaves what it measured. Optional libraries are imported where they are used.
 
     bash bench/gpu.sh                     # the GPU run: $OUT/gpu.json (else bench/results/gpu.json)
-    bash bench/gpu.sh --dry /tmp/gpu      # tiny sizes on the CPU in seconds (tests/test_bench_gpu.py)
+    bash bench/gpu.sh --dry /tmp/gpu      # tiny sizes on the CPU in seconds (tests/test_bench.py)
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import traceback
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import sampling  # noqa: E402
-from environment import RESULTS_DIR, write_result  # noqa: E402
-from forward import FLOW_LAYERS, gpt2_like  # noqa: E402
-from scaling import peak_step_bytes  # noqa: E402
-
-from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM  # noqa: E402
+from bench import sampling
+from bench.environment import RESULTS_DIR, write_result
+from bench.forward import FLOW_LAYERS, gpt2_like
+from bench.scaling import peak_step_bytes
+from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM
 
 OWT_LAYERS = [{"coupling": "mixture_rosenblatt", "num_layers": 4},
               {"coupling": "mixture_cdf", "num_mixtures": 64, "num_layers": 4},

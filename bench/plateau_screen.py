@@ -21,7 +21,7 @@ import torch
 
 from bench.environment import RESULTS_DIR, describe_environment
 from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM
-from training.baseline import baseline_block_nll, build_baseline
+from training.recipes import baseline_block_nll, build_baseline
 from training.data import DataConfig, build_datasets
 
 RESULT_FILE = RESULTS_DIR / "plateau_screen.json"

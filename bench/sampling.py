@@ -1,4 +1,4 @@
-"""Sampling speed of TarFlowLM against `GPT2LMHeadModel.generate` (KV cache) of the same depth and width (issue 5).
+"""Sampling speed of TarFlowLM against `GPT2LMHeadModel.generate` (KV cache) of the same depth and width.
 
 Models: the char-level configuration of `forward.py` (Mix-d tied + 2 x Mix-1 with V = 2 and MAF heads, 3 flow layers
 of 4 transformer layers, width 256, V = 27, d = 5) at patch sizes 1, 2 and 4 — and, as the `no_maf` variant, the
@@ -16,8 +16,8 @@ model — what batch-1 sampling time is made of, the same on every machine.
 `--model_folder` times a trained TarFlowLM (e.g. the quickstart's `outputs/quickstart-tarflow`) instead, against the
 GPT-2 of its depth, width and vocabulary; `--rounds 0` only counts operations (no timing).
 
-    python bench/sampling.py [--length 128] [--rounds 3] [--threads 1] [--count_ops]
-    python bench/sampling.py --model_folder outputs/quickstart-tarflow --output sampling_quickstart --count_ops
+    python -m bench.sampling [--length 128] [--rounds 3] [--threads 1] [--count_ops]
+    python -m bench.sampling --model_folder outputs/quickstart-tarflow --output sampling_quickstart --count_ops
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -33,15 +32,12 @@ from typing import NamedTuple
 import torch
 import transformers
 
+from bench.environment import RESULTS_DIR, write_result
+from bench.forward import build_models, gpt2_like
+from bench.profiling import count_operations, operations_by_part
+from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM, TarFlowGenerationConfig
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(REPO))
-from environment import RESULTS_DIR, write_result  # noqa: E402
-from forward import build_models, gpt2_like  # noqa: E402
-from profiling import count_operations, operations_by_part  # noqa: E402
-
-from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM, TarFlowGenerationConfig  # noqa: E402
-
 CORPUS = REPO / "data" / "tiny-literary" / "train.txt.gz"
 METHODS = ("sequential", "jacobi", "gpt2")
 VARIANTS = ("maf", "no_maf")

@@ -1,12 +1,12 @@
 """Training throughput and memory per token of a Mix-d TarFlowLM against GPT-2 as the vocabulary grows to GPT-2's
-(V = 27 → 50257, d = 16) and with the sequence length (issue 13).
+(V = 27 → 50257, d = 16) and with the sequence length.
 
-TarFlowLM is the OWT Mix-d stack (§3.8): a Mix-d layer tied to the encoder codebook, then two Mix-1 layers of 64
-mixtures with MAF heads, `--layers_per_flow` transformer layers each. GPT-2 has the same transformer (all of its
-layers, width, heads) and its V-way softmax head. A training step is forward + backward (no optimizer), timed in the
+TarFlowLM is the OWT Mix-d stack (the owt-mixd preset, after §4's Mix-d): a Mix-d layer tied to the encoder
+codebook, then two Mix-1 layers of 64 mixtures with MAF heads, `--layers_per_flow` transformer layers each. GPT-2
+has the same transformer (all of its layers, width, heads) and its V-way softmax head. A training step is forward + backward (no optimizer), timed in the
 modes where the vocabulary matters:
 
-- `stage1`: progressive stage 1 (§5), the Mix-d layer alone; its NELBO needs only log p_mixd(z), a V-way logsumexp
+- `stage1`: progressive stage 1 (§3.3), the Mix-d layer alone; its NELBO needs only log p_mixd(z), a V-way logsumexp
   (`output_u=False`) — as cheap as GPT-2's head;
 - `stage1_through_u`: the same through u, i.e. the Rosenblatt transform's V·d terms per token (what stage 1 cost
   before `output_u=False`);
@@ -17,8 +17,8 @@ Tokens per second are the best of interleaved rounds (the median beside it). Mem
 one step above what was held before it, per token: `torch.cuda.max_memory_allocated` on a GPU, and on a CPU the peak
 resident memory of a forked process that runs the step.
 
-    python bench/scaling.py [--vocab_sizes 27 1024 8192 50257] [--lengths 64 128 256] [--device cpu]
-    python bench/scaling.py --quick --output_dir /tmp/scaling     # tiny sizes in seconds: checks the script runs
+    python -m bench.scaling [--vocab_sizes 27 1024 8192 50257] [--lengths 64 128 256] [--device cpu]
+    python -m bench.scaling --quick --output_dir /tmp/scaling     # tiny sizes in seconds: checks the script runs
 
 Writes <output_dir>/scaling.json (default bench/results/) and a plot, scaling.png (when matplotlib is installed).
 """
@@ -29,18 +29,14 @@ import argparse
 import ctypes
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from environment import RESULTS_DIR, write_result  # noqa: E402
-from forward import gpt2_like  # noqa: E402
-
-from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM  # noqa: E402
+from bench.environment import RESULTS_DIR, write_result
+from bench.forward import gpt2_like
+from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM
 
 MODES = {  # TarFlowLM forward arguments of each training mode
     "stage1": {"num_flow_layers": 1, "output_u": False},

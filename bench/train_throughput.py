@@ -9,7 +9,7 @@ background load only ever slows a round down. Each run uses `--threads` CPU thre
 what ``accelerate launch`` gives a CPU run by default, and is immune to the stalls that several threads suffer when
 another process shares the cores).
 
-    python bench/train_throughput.py [--steps_per_stage 10] [--rounds 3] [--threads 1]
+    python -m bench.train_throughput [--steps_per_stage 10] [--rounds 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -23,13 +23,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from environment import write_result  # noqa: E402
+from bench.environment import write_result
 
 REPO = Path(__file__).resolve().parent.parent
 LOG_WINDOW_STEPS = 5
 
-# text8-mixd (§3.8: Mix-d tied + 2 x Mix-1 with V = 2, 12 transformer layers) at width 128 instead of 768.
+# text8-mixd (the preset: Mix-d tied + 2 x Mix-1 with V = 2, 12 transformer layers) at width 128 instead of 768.
 TEXT8_MIXD_NARROW = {"hidden_size": 128, "num_attention_heads": 4, "maf_hidden_size": 64}
 CONFIGURATIONS = {
     "quickstart": ["--config", "quickstart"],

@@ -20,7 +20,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from training.data import unigram_entropy_bits
+from evaluation.entropy import unigram_entropy
 from training.tokenization_char import encode_text8, text8_normalize
 
 SPLITS = ("train", "valid", "test")
@@ -65,7 +65,7 @@ def build_split(source_dir: Path, out_dir: Path, split: str) -> dict:
         "jargon_parts": [d["title"].rsplit(" ", 1)[-1] for d in documents if d["source"] == "jargon"],
         "raw_characters": sum(len(d["text"]) for d in documents),
         "text8_characters": len(stream),
-        "unigram_entropy_bits": unigram_entropy_bits(encode_text8(stream)),
+        "unigram_entropy_bits": unigram_entropy(encode_text8(stream), base=2),
     }
 
 

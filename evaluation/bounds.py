@@ -1,6 +1,8 @@
-"""Likelihood bounds from per-block z samples, and their token-weighted corpus aggregation (paper §2.3, §2.5).
+"""Likelihood bounds from per-block z samples, their token-weighted corpus aggregation, and the units every loss is
+reported in (training's logs and evaluation's tables alike).
 
-For a block x of T tokens and z_k ~ q(z|x), a latent model returns
+For a block x of T tokens and z_k ~ q(z|x), a latent model returns (the ELBO of arXiv 2507.00425 §3, summed over
+the block)
 
     NELBO_k = −[log p(x|z_k) + log p(z_k) − log q(z_k|x)]            (nats)
 
@@ -27,6 +29,18 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+PERPLEXITY_EXPONENT_LIMIT = 700.0  # exp(700) ≈ 1e304: a diverged loss reads as a huge perplexity, not an overflow
+
+
+def bits(nats: float) -> float:
+    """nats → bits (BPC when a token is a character)."""
+    return nats / math.log(2)
+
+
+def perplexity(nats_per_token: float) -> float:
+    """exp(nats per token), capped below float overflow."""
+    return math.exp(min(nats_per_token, PERPLEXITY_EXPONENT_LIMIT))
 
 
 def importance_weighted_estimates(nelbo_samples: torch.Tensor, k: int) -> torch.Tensor:
@@ -79,17 +93,17 @@ class CorpusBound:
 
     @property
     def bits_per_token(self) -> float:
-        return self.nats_per_token / math.log(2)
+        return bits(self.nats_per_token)
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.nats_per_token)
+        return perplexity(self.nats_per_token)
 
     def error_in_units(self, nats_error: float | None) -> dict | None:
         """A standard error of nats/token in every unit (PPL's by the delta method, PPL · SE)."""
         if nats_error is None:
             return None
-        return {"nats_per_token": nats_error, "bits_per_token": nats_error / math.log(2),
+        return {"nats_per_token": nats_error, "bits_per_token": bits(nats_error),
                 "perplexity": self.perplexity * nats_error}
 
     def to_dict(self) -> dict:

@@ -50,6 +50,10 @@ class EvaluationArguments:
     def __post_init__(self):
         require_at_least(self, "batch_size", 1)
 
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
 
 def parse_arguments(arguments_class, argv: list[str], prog: str, description: str):
     """``(model, settings)``: the positional model name and the flags as an ``arguments_class`` instance."""

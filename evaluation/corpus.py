@@ -3,8 +3,8 @@ scored on exactly the kind of blocks it was trained and validated on.
 
 Two tracks, chosen by the evaluated model's tokenizer:
 
-- characters (the tokenizer is the 27-symbol text8 alphabet): ``load_text8`` + ``encode_text8``; no BOS/EOS, so
-  one token is one character and bits per token is BPC;
+- characters (the tokenizer is the 27-symbol text8 alphabet, ``is_character_tokenizer``): ``load_text8`` +
+  ``encode_text8``; no BOS/EOS, so one token is one character and bits per token is BPC;
 - documents (any other tokenizer, e.g. GPT-2 BPE): ``load_openwebtext`` + ``tokenize_documents`` (each document
   followed by one EOS, as MDLM's OpenWebText packing), concatenated.
 
@@ -18,21 +18,16 @@ from dataclasses import dataclass
 import pyarrow.compute
 import torch
 
-from training.data import TokenBlocks, load_openwebtext, load_text8, tokenize_documents
+from training.data import TokenBlocks, evenly_spaced, load_openwebtext, load_text8, tokenize_documents
 from training.errors import DataError
-from training.tokenization_char import TEXT8_ALPHABET, encode_text8
+from training.tokenization_char import encode_text8, is_character_tokenizer
 
 from .tokens import batched
 
 
-def is_text8_tokenizer(tokenizer) -> bool:
-    """Whether ``tokenizer`` is the 27-symbol character tokenizer of ``training.tokenization_char``."""
-    return tokenizer.get_vocab() == {symbol: i for i, symbol in enumerate(TEXT8_ALPHABET)}
-
-
 def default_split(tokenizer) -> str:
     """The split the paper reports: text8 test for characters, OpenWebText validation for documents."""
-    return "test" if is_text8_tokenizer(tokenizer) else "validation"
+    return "test" if is_character_tokenizer(tokenizer) else "validation"
 
 
 @dataclass
@@ -67,20 +62,12 @@ class Blocks:
 
 def split_stream(source: str, split: str, tokenizer) -> tuple[object, int]:
     """The token stream of one split (an id array, or a dataset of per-document ids) and its length in tokens."""
-    if is_text8_tokenizer(tokenizer):
+    if is_character_tokenizer(tokenizer):
         ids = encode_text8(load_text8(source, split))
         return ids, len(ids)
     documents = tokenize_documents(load_openwebtext(source, split), tokenizer)
     lengths = pyarrow.compute.list_value_length(documents.data.column("input_ids"))
     return documents, pyarrow.compute.sum(lengths).as_py() or 0
-
-
-def evenly_spaced(count: int, limit: int | None) -> list[int]:
-    """``limit`` indices spread evenly over ``range(count)`` (all of them without a limit), as training's
-    ``max_eval_blocks`` picks them, so that a quick run still covers the whole split."""
-    if limit is None or limit >= count:
-        return list(range(count))
-    return [i * count // limit for i in range(limit)]
 
 
 def load_blocks(source: str, split: str, tokenizer, block_size: int, max_blocks: int | None = None) -> Blocks:

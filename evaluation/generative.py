@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .cli import (DTYPES, EvaluationArguments, SettingsError, default_output_path, parse_arguments, print_config,
+from .cli import (EvaluationArguments, SettingsError, default_output_path, parse_arguments, print_config,
                   require_at_least, run_command)
 from .corpus import choose_blocks, load_blocks
 from .entropy import sample_entropies
@@ -89,6 +89,13 @@ class GenerativeArguments(EvaluationArguments):
             raise SettingsError(f"--top_p {self.top_p}: must be in (0, 1]")
 
 
+@dataclass(kw_only=True)
+class GenerativeRun(GenerativeArguments):
+    """One run's settings with every default made concrete, validated against the model: the JSON's ``config``."""
+
+    model: str = field(metadata={"help": "the evaluated model, as given"})
+
+
 def protocol_settings(settings: GenerativeArguments) -> dict:
     """Sample count and scoring models: the flags given, else the protocol's; the featurizer defaults to the
     reference model (one model loaded, as MAUVE's GPT-2 Large features in the paper)."""
@@ -98,7 +105,7 @@ def protocol_settings(settings: GenerativeArguments) -> dict:
             "featurizer": settings.featurizer or reference_model}
 
 
-def resolve_config(model: str, settings: GenerativeArguments, loaded: LoadedModel) -> dict:
+def resolve_run(model: str, settings: GenerativeArguments, loaded: LoadedModel) -> GenerativeRun:
     """The run's settings with every default made concrete (what the JSON records), validated against the model."""
     config = loaded.model.config
     context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions")
@@ -112,27 +119,26 @@ def resolve_config(model: str, settings: GenerativeArguments, loaded: LoadedMode
         print("MAUVE skipped: pass --reference_data, the corpus whose validation blocks are the human references "
               "(e.g. the model's training data)", file=sys.stderr)
         metrics.remove("mauve")
-    return {"model": model, **asdict(settings), **protocol_settings(settings), "sample_length": sample_length,
-            "retokenize_max_length": retokenize, "metrics": metrics,
-            "output": settings.output or default_output_path("generative", loaded.label)}
+    return GenerativeRun(**{**asdict(settings), **protocol_settings(settings), "sample_length": sample_length,
+                            "retokenize_max_length": retokenize, "metrics": metrics,
+                            "output": settings.output or default_output_path("generative", loaded.label)},
+                         model=model)
 
 
-def reference_blocks(config: dict, loaded: LoadedModel) -> dict:
+def reference_blocks(run: GenerativeRun, loaded: LoadedModel) -> dict:
     """``num_samples`` random blocks of ``sample_length`` tokens of the validation split (evaluated model's
     tokenizer), decoded: MAUVE's human references, drawn as ReMDM draws them from its validation loader."""
-    blocks = load_blocks(config["reference_data"], config["reference_split"], loaded.tokenizer,
-                         config["sample_length"])
-    positions, with_replacement = choose_blocks(len(blocks), config["num_samples"], config["seed"])
+    blocks = load_blocks(run.reference_data, run.reference_split, loaded.tokenizer, run.sample_length)
+    positions, with_replacement = choose_blocks(len(blocks), run.num_samples, run.seed)
     ids = blocks.take(positions)
     return {"ids": ids, "texts": loaded.tokenizer.batch_decode(ids.tolist()), "blocks_available": len(blocks),
             "drawn_with_replacement": with_replacement}
 
 
-def gen_ppl_section(texts: list[str], reference: LoadedModel, config: dict) -> dict:
+def gen_ppl_section(texts: list[str], reference: LoadedModel, run: GenerativeRun) -> dict:
     result = generative_perplexity(texts, reference.model, reference.tokenizer,
-                                   context_size=config["reference_context_size"],
-                                   max_length=config["retokenize_max_length"], batch_size=config["batch_size"],
-                                   device=config["device"])
+                                   context_size=run.reference_context_size, max_length=run.retokenize_max_length,
+                                   batch_size=run.batch_size, device=run.device)
     return {**result.to_dict(), "reference_model": reference.label}
 
 
@@ -142,37 +148,38 @@ def entropy_section(ids: torch.Tensor) -> dict:
     return {"mean": statistics.fmean(entropies), "standard_error": error, "unit": "nats", "per_sample": entropies}
 
 
-def featurize(texts: list[str], featurizer: LoadedModel, kind: str, config: dict):
+def featurize(texts: list[str], featurizer: LoadedModel, kind: str, run: GenerativeRun):
     kept, dropped = drop_empty(texts)
-    features = text_features(kept, featurizer.model, featurizer.tokenizer, kind, config["feature_max_length"],
-                             config["batch_size"], config["device"])
+    features = text_features(kept, featurizer.model, featurizer.tokenizer, kind, run.feature_max_length,
+                             run.batch_size, run.device)
     return features, dropped
 
 
-def mauve_section(sample_texts: list[str], reference_texts: list[str], featurizer: LoadedModel, config: dict) -> dict:
+def mauve_section(sample_texts: list[str], reference_texts: list[str], featurizer: LoadedModel,
+                  run: GenerativeRun) -> dict:
     """MAUVE of the samples (q) against the references (p), ReMDM's order of arguments."""
-    kind = config["feature_kind"] if config["feature_kind"] != "auto" else default_feature_kind(featurizer.path)
-    p_features, p_dropped = featurize(reference_texts, featurizer, kind, config)
-    q_features, q_dropped = featurize(sample_texts, featurizer, kind, config)
-    result = mauve_from_features(p_features, q_features, num_buckets=config["mauve_num_buckets"])
+    kind = run.feature_kind if run.feature_kind != "auto" else default_feature_kind(featurizer.path)
+    p_features, p_dropped = featurize(reference_texts, featurizer, kind, run)
+    q_features, q_dropped = featurize(sample_texts, featurizer, kind, run)
+    result = mauve_from_features(p_features, q_features, num_buckets=run.mauve_num_buckets)
     return {**result, "featurizer": featurizer.label, "feature_kind": kind,
             "empty_texts_dropped": {"references": p_dropped, "samples": q_dropped}}
 
 
-def load_featurizer(config: dict, reference: LoadedModel | None) -> LoadedModel:
+def load_featurizer(run: GenerativeRun, reference: LoadedModel | None) -> LoadedModel:
     """The MAUVE featurizer; the reference LM's own base model is reused when both are the same model."""
-    if reference is not None and config["featurizer"] == config["reference_model"]:
+    if reference is not None and run.featurizer == run.reference_model:
         return LoadedModel(reference.model.base_model, reference.tokenizer, reference.source, reference.path,
                            reference.label)
-    return load_encoder(config["featurizer"], config["device"], DTYPES[config["dtype"]])
+    return load_encoder(run.featurizer, run.device, run.torch_dtype)
 
 
-def protocol_notes(config: dict, loaded: LoadedModel, references: dict | None) -> list[str]:
+def protocol_notes(run: GenerativeRun, loaded: LoadedModel, references: dict | None) -> list[str]:
     """How this run departs from, or pins down, the MDLM/ReMDM protocol behind the paper's Table 6."""
-    notes = [f"samples: {config['num_samples']} x {config['sample_length']} tokens, temperature "
-             f"{config['temperature']}, top_p {config['top_p']}, torch seed {config['seed']}",
+    notes = [f"samples: {run.num_samples} x {run.sample_length} tokens, temperature {run.temperature}, top_p "
+             f"{run.top_p}, torch seed {run.seed}",
              "Gen-PPL: padding is never scored (MDLM pads with EOS and may score one pad as a first EOS when "
-             f"batch size > 1); retokenised samples truncated to {config['retokenize_max_length']} tokens"]
+             f"batch size > 1); retokenised samples truncated to {run.retokenize_max_length} tokens"]
     if not loaded.is_latent:
         notes.append("causal LM samples start after a BOS/EOS start token that is not part of the sample; EOS does "
                      "not stop generation")
@@ -182,12 +189,12 @@ def protocol_notes(config: dict, loaded: LoadedModel, references: dict | None) -
     return notes
 
 
-def evaluate_texts(texts: list[str], ids: torch.Tensor, reference: LoadedModel | None, config: dict) -> dict:
+def evaluate_texts(texts: list[str], ids: torch.Tensor, reference: LoadedModel | None, run: GenerativeRun) -> dict:
     """Gen-PPL and entropy of one set of texts (samples, or references for the 'Data' row)."""
     section = {"texts": texts}
     if reference is not None:
-        section["gen_ppl"] = gen_ppl_section(texts, reference, config)
-    if "entropy" in config["metrics"]:
+        section["gen_ppl"] = gen_ppl_section(texts, reference, run)
+    if "entropy" in run.metrics:
         section["entropy"] = entropy_section(ids)
     return section
 
@@ -204,25 +211,24 @@ def summary(record: dict) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     model, settings = parse_arguments(GenerativeArguments, argv, "python -m evaluation.generative", __doc__)
-    loaded = load_evaluated_model(model, settings.device, DTYPES[settings.dtype])
-    config = resolve_config(model, settings, loaded)
-    print_config("generative", config)
-    reference = load_reference_lm(config["reference_model"], config["device"], DTYPES[config["dtype"]]) \
-        if "gen_ppl" in config["metrics"] else None
-    torch.manual_seed(config["seed"])  # after loading, so that the samples depend on the seed alone
-    ids = draw_samples(loaded, config["num_samples"], config["sample_length"], config["batch_size"],
-                       config["temperature"], config["top_p"], config["device"])
-    record = {**run_header("generative", argv, config), "model": loaded.describe(),
-              "samples": evaluate_texts(loaded.tokenizer.batch_decode(ids.tolist()), ids, reference, config)}
-    references = reference_blocks(config, loaded) if config["reference_data"] else None
-    if references is not None and config["score_references"]:
-        record["references"] = evaluate_texts(references["texts"], references["ids"], reference, config)
-    if "mauve" in config["metrics"]:
-        featurizer = load_featurizer(config, reference)
-        record["mauve"] = mauve_section(record["samples"]["texts"], references["texts"], featurizer, config)
-    record["protocol_notes"] = protocol_notes(config, loaded, references)
+    loaded = load_evaluated_model(model, settings.device, settings.torch_dtype)
+    run = resolve_run(model, settings, loaded)
+    print_config("generative", asdict(run))
+    reference = load_reference_lm(run.reference_model, run.device, run.torch_dtype) \
+        if "gen_ppl" in run.metrics else None
+    torch.manual_seed(run.seed)  # after loading, so that the samples depend on the seed alone
+    ids = draw_samples(loaded, run.num_samples, run.sample_length, run.batch_size, run.temperature, run.top_p)
+    record = {**run_header("generative", argv, asdict(run)), "model": loaded.describe(),
+              "samples": evaluate_texts(loaded.tokenizer.batch_decode(ids.tolist()), ids, reference, run)}
+    references = reference_blocks(run, loaded) if run.reference_data else None
+    if references is not None and run.score_references:
+        record["references"] = evaluate_texts(references["texts"], references["ids"], reference, run)
+    if "mauve" in run.metrics:
+        featurizer = load_featurizer(run, reference)
+        record["mauve"] = mauve_section(record["samples"]["texts"], references["texts"], featurizer, run)
+    record["protocol_notes"] = protocol_notes(run, loaded, references)
     record["summary"] = summary(record)
-    write_json(record, config["output"])
+    write_json(record, run.output)
     print(summary_line(record), flush=True)
     return record
 

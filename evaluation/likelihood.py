@@ -9,24 +9,23 @@ its exact NLL. The text is cut into non-overlapping blocks of ``--block_size`` t
 (``evaluation.corpus``).
 """
 
-import math
 import sys
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .bounds import CorpusBound, importance_weighted_estimates
-from .cli import (DTYPES, EvaluationArguments, SettingsError, default_output_path, parse_arguments, print_config,
+from training.tokenization_char import is_character_tokenizer
+
+from . import causal_lm
+from .bounds import CorpusBound, bits, importance_weighted_estimates
+from .cli import (EvaluationArguments, SettingsError, default_output_path, parse_arguments, print_config,
                   require_at_least, run_command)
 from .corpus import Blocks, default_split, load_blocks
 from .loading import LoadedModel, load_evaluated_model
 from .records import run_header, write_json
-from .sampling import causal_lm_start_token
 
-CHARACTER_VOCAB_LIMIT = 256  # vocabularies this small are character-level: report BPC, not PPL
-# Settings each --protocol gives to the flags left unset. The paper does not state its number of z draws (§2.5);
+# Settings each --protocol gives to the flags left unset. The paper does not state its number of z draws;
 # 64 draws give the ELBO and the importance-weighted bounds K = 8, 64 from the same forward passes.
 PROTOCOLS = {
     "quick": {"max_blocks": 128, "num_z_samples": 8, "iw_k": [1, 8]},
@@ -51,8 +50,8 @@ class LikelihoodArguments(EvaluationArguments):
     iw_k: list[int] | None = field(default=None, metadata={"help": "importance-weighted bounds to report, K = 1 "
                                    "being the ELBO (quick: 1 8; paper: 1 8 64)"})
     metric: str = field(default="auto", metadata={"choices": ("auto", "bpc", "ppl"), "help": "headline unit: bits "
-                        "per token (= BPC for character models) or perplexity; auto = bpc when the vocabulary has "
-                        f"at most {CHARACTER_VOCAB_LIMIT} symbols"})
+                        "per token (= BPC for character models) or perplexity; auto = bpc for a character model "
+                        "(its tokenizer is the 27-symbol text8 alphabet)"})
     no_start_token: bool = field(default=False, metadata={"help": "causal LM: do not condition the first token of "
                                  "a block on BOS (then only T - 1 tokens per block are scored)"})
 
@@ -63,6 +62,14 @@ class LikelihoodArguments(EvaluationArguments):
         for k in self.iw_k or []:
             if k < 1:
                 raise SettingsError(f"--iw_k {k}: every K must be >= 1 (K = 1 is the ELBO)")
+
+
+@dataclass(kw_only=True)
+class LikelihoodRun(LikelihoodArguments):
+    """One run's settings with every default made concrete, validated against the model: the JSON's ``config``."""
+
+    model: str = field(metadata={"help": "the evaluated model, as given"})
+    start_token_id: int | None = field(default=None, metadata={"help": "causal LM: the id before every block"})
 
 
 @torch.no_grad()
@@ -79,39 +86,33 @@ def latent_nelbo_samples(model, blocks: torch.Tensor, num_samples: int, progress
 
 @torch.no_grad()
 def autoregressive_nll(model, blocks: torch.Tensor, start_token_id: int | None) -> torch.Tensor:
-    """Exact −log p(x) = −Σ_t log p(x_t | x_<t) per block (nats), (B, T) → (B,).
-
-    With a start token (BOS) every token of the block is scored; without one the first token has no context and
-    only T − 1 tokens are scored (see ``scored_tokens_per_block``).
-    """
-    if start_token_id is not None:
-        blocks = torch.cat([torch.full_like(blocks[:, :1], start_token_id), blocks], dim=1)
-    logits = model(input_ids=blocks).logits[:, :-1].float()
-    return F.cross_entropy(logits.transpose(1, 2), blocks[:, 1:], reduction="none").double().sum(dim=1)
+    """Exact −log p(x) = −Σ_t log p(x_t | x_<t) per block (nats, summed in float64), (B, T) → (B,); without a start
+    token only T − 1 tokens are scored (see ``scored_tokens_per_block``)."""
+    return causal_lm.token_nll(model, blocks, start_token_id).double().sum(dim=1)
 
 
 def scored_tokens_per_block(block_size: int, latent: bool, start_token_id: int | None) -> int:
     return block_size if latent or start_token_id is not None else block_size - 1
 
 
-def score_blocks(loaded: LoadedModel, blocks: Blocks, config: dict, scored_tokens: int) -> torch.Tensor:
+def score_blocks(loaded: LoadedModel, blocks: Blocks, run: LikelihoodRun, scored_tokens: int) -> torch.Tensor:
     """Per-block NELBO samples (N, S) for a latent model, or the exact NLL as (N, 1) for a causal LM, with a
     progress bar (ETA included) over every block and z draw."""
-    draws = config["num_z_samples"] or 1
+    draws = run.num_z_samples or 1
     progress = tqdm(total=len(blocks) * draws, unit="block" if draws == 1 else "draw",
                     desc="scoring blocks" if draws == 1 else f"scoring blocks x {draws} z draws")
     per_block, running_nats = [], 0.0
-    for batch in blocks.batches(config["batch_size"]):
-        batch = batch.to(config["device"])
+    for batch in blocks.batches(run.batch_size):
+        batch = batch.to(run.device)
         if loaded.is_latent:
             scores = latent_nelbo_samples(loaded.model, batch, draws, progress).cpu()
         else:
-            scores = autoregressive_nll(loaded.model, batch, config["start_token_id"]).cpu()[:, None]
+            scores = autoregressive_nll(loaded.model, batch, run.start_token_id).cpu()[:, None]
             progress.update(len(batch))
         per_block.append(scores)
         running_nats += scores.mean(dim=1).sum().item()
         running_tokens = sum(len(s) for s in per_block) * scored_tokens
-        progress.set_postfix(bits_per_token=f"{running_nats / running_tokens / math.log(2):.4f}")
+        progress.set_postfix(bits_per_token=f"{bits(running_nats / running_tokens):.4f}")
     progress.close()
     return torch.cat(per_block)
 
@@ -164,36 +165,37 @@ def resolve_draws(settings: LikelihoodArguments, latent: bool) -> dict:
     return {"max_blocks": max_blocks, "num_z_samples": draws, "iw_k": iw_k}
 
 
-def resolve_config(model: str, settings: LikelihoodArguments, loaded: LoadedModel) -> dict:
+def resolve_run(model: str, settings: LikelihoodArguments, loaded: LoadedModel) -> LikelihoodRun:
     """The run's settings with every default made concrete (what the JSON records), validated against the model."""
-    bos = None if loaded.is_latent else causal_lm_start_token(loaded.tokenizer, loaded.model)
+    bos = None if loaded.is_latent else causal_lm.start_token_id(loaded.tokenizer, loaded.model.config)
     start_token_id = None if settings.no_start_token else bos
     context = model_context(loaded, start_token_id)
     block_size = settings.block_size or context
     check_block_size(loaded, block_size, context)
     metric = settings.metric
     if metric == "auto":
-        metric = "bpc" if loaded.model.config.vocab_size <= CHARACTER_VOCAB_LIMIT else "ppl"
+        metric = "bpc" if is_character_tokenizer(loaded.tokenizer) else "ppl"
     split = settings.split or default_split(loaded.tokenizer)
     output = settings.output or default_output_path("likelihood", loaded.label, settings.data, split)
-    return {"model": model, **asdict(settings), "split": split, "block_size": block_size, "metric": metric,
-            "start_token_id": start_token_id, "output": output, **resolve_draws(settings, loaded.is_latent)}
+    return LikelihoodRun(**{**asdict(settings), "split": split, "block_size": block_size, "metric": metric,
+                            "output": output, **resolve_draws(settings, loaded.is_latent)},
+                         model=model, start_token_id=start_token_id)
 
 
-def protocol_notes(loaded: LoadedModel, config: dict, counts: dict) -> list[str]:
+def protocol_notes(loaded: LoadedModel, run: LikelihoodRun, counts: dict) -> list[str]:
     """How this run departs from, or pins down, the protocols the paper's numbers follow."""
     notes = ["blocks are non-overlapping slices of the split's token stream as training.data cuts them (documents "
              "each followed by EOS); the final partial block is dropped (see counts.dropped_tokens)"]
     if counts["blocks"] < counts["blocks_in_split"]:
-        notes.append(f"{config['protocol']} protocol: {counts['blocks']} of the split's {counts['blocks_in_split']} "
+        notes.append(f"{run.protocol} protocol: {counts['blocks']} of the split's {counts['blocks_in_split']} "
                      "blocks, evenly spaced; --protocol paper scores them all")
     if loaded.is_latent:
-        notes.append(f"{config['num_z_samples']} z draw(s) per block, one forward pass each, torch global RNG "
-                     f"seeded with {config['seed']}; bounds are upper bounds on -log p(x)")
-    elif config["start_token_id"] is None:
+        notes.append(f"{run.num_z_samples} z draw(s) per block, one forward pass each, torch global RNG "
+                     f"seeded with {run.seed}; bounds are upper bounds on -log p(x)")
+    elif run.start_token_id is None:
         notes.append("causal LM without a start token: the first token of each block is not scored")
     else:
-        notes.append(f"causal LM: each block is preceded by BOS (id {config['start_token_id']}), all tokens scored")
+        notes.append(f"causal LM: each block is preceded by BOS (id {run.start_token_id}), all tokens scored")
     notes.append("standard_error: spread of the per-block bound across blocks / sqrt(blocks), z-draw noise included; "
                  "draw_standard_error: the z-draw noise alone")
     return notes
@@ -202,21 +204,20 @@ def protocol_notes(loaded: LoadedModel, config: dict, counts: dict) -> list[str]
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     model, settings = parse_arguments(LikelihoodArguments, argv, "python -m evaluation.likelihood", __doc__)
-    loaded = load_evaluated_model(model, settings.device, DTYPES[settings.dtype])
-    config = resolve_config(model, settings, loaded)
-    print_config("likelihood", config)
-    blocks = load_blocks(config["data"], config["split"], loaded.tokenizer, config["block_size"],
-                         config["max_blocks"])
-    scored = scored_tokens_per_block(blocks.block_size, loaded.is_latent, config["start_token_id"])
-    torch.manual_seed(config["seed"])  # after loading, so that the z draws depend on the seed alone
-    per_block = score_blocks(loaded, blocks, config, scored)
-    bounds = corpus_bounds(per_block, loaded.is_latent, config["iw_k"], scored)
+    loaded = load_evaluated_model(model, settings.device, settings.torch_dtype)
+    run = resolve_run(model, settings, loaded)
+    print_config("likelihood", asdict(run))
+    blocks = load_blocks(run.data, run.split, loaded.tokenizer, run.block_size, run.max_blocks)
+    scored = scored_tokens_per_block(blocks.block_size, loaded.is_latent, run.start_token_id)
+    torch.manual_seed(run.seed)  # after loading, so that the z draws depend on the seed alone
+    per_block = score_blocks(loaded, blocks, run, scored)
+    bounds = corpus_bounds(per_block, loaded.is_latent, run.iw_k, scored)
     counts = {**blocks.counts(), "scored_tokens": per_block.shape[0] * scored}
-    record = {**run_header("likelihood", argv, config), "model": loaded.describe(),
-              "data": {"source": config["data"], "split": config["split"]}, "counts": counts,
-              "bounds": bounds, "headline": headline(bounds, config["metric"]),
-              "protocol_notes": protocol_notes(loaded, config, counts)}
-    write_json(record, config["output"])
+    record = {**run_header("likelihood", argv, asdict(run)), "model": loaded.describe(),
+              "data": {"source": run.data, "split": run.split}, "counts": counts,
+              "bounds": bounds, "headline": headline(bounds, run.metric),
+              "protocol_notes": protocol_notes(loaded, run, counts)}
+    write_json(record, run.output)
     print(summary_line(record), flush=True)
     return record
 

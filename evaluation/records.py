@@ -1,4 +1,5 @@
-"""Run records: the machine, library versions, command line and time stamp that every evaluation JSON carries."""
+"""Run records: the machine, library versions, command line and time stamp that every evaluation JSON carries
+(the machine part is shared with the benchmarks, ``bench/environment.py``)."""
 
 import datetime
 import importlib.metadata
@@ -25,26 +26,33 @@ def package_versions(names=RECORDED_PACKAGES) -> dict:
     return versions
 
 
-def code_version() -> str | None:
-    """``git describe`` of the checkout this package runs from (``-dirty`` with uncommitted changes), if any."""
+def git(*arguments: str) -> str | None:
+    """The output of a git command run in this checkout; None outside a checkout or without git."""
     try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
-                              capture_output=True, text=True, timeout=10, check=True).stdout.strip() or None
+        return subprocess.run(["git", *arguments], cwd=Path(__file__).parent, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def machine() -> dict:
+    """The machine a figure was computed on, as every evaluation and benchmark JSON records it."""
+    return {
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
 
 
 def environment() -> dict:
     """Where and with what a result was computed: enough to tell two runs apart when their numbers differ."""
     return {
-        "python": platform.python_version(),
+        **machine(),
         "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "hf_hub_offline": os.environ.get("HF_HUB_OFFLINE"),
         "versions": package_versions(),
-        "code_version": code_version(),
+        "code_version": git("describe", "--always", "--dirty"),
     }
 
 

@@ -1,39 +1,19 @@
 """Unconditional samples of fixed length from the evaluated model, as token ids (N, T).
 
 - TarFlowLM: ``model.generate(max_new_tokens=T, num_return_sequences=n, do_sample=True, noise_temperature=τ)``
-  (base noise scaled by τ, paper §7.1; the final draw from p(x|z) stays at temperature 1).
-- Causal LM baseline: ancestral sampling after a start token (BOS, else EOS: GPT-2's ``<|endoftext|>``, which also
-  starts MDLM's OpenWebText blocks), optionally nucleus (ReMDM's AR rows use top-p 0.9). Generation never stops
-  early: EOS may be sampled but does not end the sample, so every sample has exactly T tokens, like the 1024-token
-  samples of MDLM/ReMDM. The start token is not part of the returned sample.
+  (the base noise u scaled by τ, an evaluation setting the paper does not use; the final draw from p(x|z) stays at
+  temperature 1).
+- Causal LM baseline: ancestral sampling after a start token (``evaluation.causal_lm``), optionally nucleus
+  (ReMDM's AR rows use top-p 0.9). Generation never stops early: EOS may be sampled but does not end the sample, so
+  every sample has exactly T tokens, like the 1024-token samples of MDLM/ReMDM.
 """
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig
 
+from . import causal_lm
 from .cli import SettingsError
 from .loading import LoadedModel
-
-
-def causal_lm_start_token(tokenizer, model=None) -> int | None:
-    """BOS, else EOS of the tokenizer, else the model config's `bos_token_id` (the training script's GPT-2 baseline on
-    27 characters stores its start token, a space, there); None when there is none at all."""
-    model_bos = getattr(getattr(model, "config", None), "bos_token_id", None)
-    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id, model_bos):
-        if token_id is not None:
-            return token_id
-    return None
-
-
-@torch.no_grad()
-def causal_lm_samples(model, start_token_id: int, num: int, length: int, temperature: float,
-                      top_p: float | None, device) -> torch.Tensor:
-    settings = GenerationConfig(do_sample=True, max_new_tokens=length, min_new_tokens=0, temperature=temperature,
-                                top_p=top_p, top_k=None, eos_token_id=None, pad_token_id=start_token_id)
-    start = torch.full((num, 1), start_token_id, dtype=torch.long, device=device)
-    out = model.generate(input_ids=start, attention_mask=torch.ones_like(start), generation_config=settings)
-    return out[:, 1:]
 
 
 @torch.no_grad()
@@ -44,7 +24,7 @@ def latent_samples(model, num: int, length: int, temperature: float) -> torch.Te
 
 
 def draw_samples(loaded: LoadedModel, num_samples: int, length: int, batch_size: int, temperature: float = 1.0,
-                 top_p: float | None = None, device="cpu") -> torch.Tensor:
+                 top_p: float | None = None) -> torch.Tensor:
     """``num_samples`` samples of ``length`` tokens, drawn ``batch_size`` at a time → LongTensor (N, T) on CPU."""
     if loaded.is_latent and top_p is not None:
         raise SettingsError(f"--top_p {top_p}: applies to causal LM baselines only; TarFlowLM samples with "
@@ -55,10 +35,11 @@ def draw_samples(loaded: LoadedModel, num_samples: int, length: int, batch_size:
         if loaded.is_latent:
             batch = latent_samples(loaded.model, num, length, temperature)
         else:
-            start_id = causal_lm_start_token(loaded.tokenizer, loaded.model)
+            start_id = causal_lm.start_token_id(loaded.tokenizer, loaded.model.config)
             if start_id is None:
                 raise ValueError("the causal LM has no BOS/EOS token (tokenizer or config) to start unconditional samples")
-            batch = causal_lm_samples(loaded.model, start_id, num, length, temperature, top_p, device)
+            batch = causal_lm.samples(loaded.model, start_id, num, length, stop_at_eos=False,
+                                      temperature=temperature, top_p=top_p)
         batches.append(batch.cpu())
     samples = torch.cat(batches)
     if samples.shape != (num_samples, length):

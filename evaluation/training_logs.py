@@ -16,7 +16,9 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-TRAINING_LOG_NAMES = ("metrics.jsonl", "training_log.jsonl")
+METRICS_FILE = "metrics.jsonl"
+"""What ``training/run.py`` logs to (``training.trainer.JsonLinesTracker``): one JSON object per line."""
+TRAINING_LOG_NAMES = (METRICS_FILE, "training_log.jsonl")
 LOGGED_PREFIXES = {"train/": "", "eval/": "eval_"}  # training/run.py's accelerator.log keys → curve names
 EVENT_FILE_GLOB = "events.out.tfevents.*"
 
@@ -42,12 +44,24 @@ def sorted_curves(curves: defaultdict) -> Curves:
     return {name: sorted(points) for name, points in curves.items()}
 
 
+def read_metrics(path) -> dict[int, dict]:
+    """step → the last values logged at that step, keys as logged (``train/loss``, ``eval/bpc`` ...), of a JSON-lines
+    log or of a run folder's ``metrics.jsonl`` (empty when there is none). A step logged twice (before and after a
+    resume) keeps its last values."""
+    path = Path(path)
+    path = path / METRICS_FILE if path.is_dir() else path
+    by_step: dict[int, dict] = {}
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        if line.strip():
+            record = json.loads(line)
+            by_step.setdefault(record.pop("step"), {}).update(record)
+    return by_step
+
+
 def read_jsonl_log(path: Path) -> Curves:
     curves = defaultdict(list)
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                add_row(curves, json.loads(line))
+    for step, row in read_metrics(path).items():
+        add_row(curves, {"step": step, **row})
     return sorted_curves(curves)
 
 

@@ -30,7 +30,7 @@ def test_gpu_script_dry_run_checks_its_outputs_and_writes_every_section(tmp_path
 
 
 def test_scaling_quick_run_writes_every_model_at_every_point_and_a_plot(tmp_path):
-    run([sys.executable, "bench/scaling.py", "--quick", "--output_dir", str(tmp_path)])
+    run([sys.executable, "-m", "bench.scaling", "--quick", "--output_dir", str(tmp_path)])
     result = json.loads((tmp_path / "scaling.json").read_text())
     models = {"tarflow_stage1", "tarflow_stage1_through_u", "tarflow_stage3", "gpt2"}
     points = {(row["sweep"], row["vocab_size"], row["length"]) for row in result["results"]}

@@ -154,7 +154,7 @@ def load_text8(source: str = "text8", split: str = "train", *, normalize: bool =
     fractions. Other Hub ids are read with `datasets.load_dataset` (their ``text`` rows of the split, joined by one
     space). Trailing newlines of a file are dropped. With ``normalize=True`` the text is passed through
     `text8_normalize` (a whole file before it is split); otherwise characters outside the alphabet raise ValueError
-    when the stream is encoded (`encode_text8`, `chunk_text8`).
+    when the stream is encoded (`encode_text8`).
     """
     split = canonical_split(split)
     path = _local_path(source)
@@ -167,18 +167,6 @@ def load_text8(source: str = "text8", split: str = "train", *, normalize: bool =
         text = text8_normalize(text) if normalize else text
         return text[slice(*_split_bounds(len(text), split))]
     return text8_normalize(text) if normalize else text
-
-
-def chunk_text8(text: str, block_size: int = 256) -> torch.Tensor:
-    """Non-overlapping chunks of text8 characters as ids, shape ``(len(text) // block_size, block_size)``, long.
-
-    The last partial chunk is dropped, so the rows concatenate to ``text[: num_chunks * block_size]``.
-    """
-    if block_size < 1:
-        raise ValueError(f"block_size must be positive, got {block_size}")
-    ids = torch.from_numpy(encode_text8(text))
-    num_chunks = len(ids) // block_size
-    return ids[: num_chunks * block_size].view(num_chunks, block_size).long()
 
 
 def load_openwebtext(source: str = "openwebtext", split: str = "train", *,
@@ -218,13 +206,6 @@ def tokenize_documents(documents: datasets.Dataset, tokenizer: PreTrainedTokeniz
                          desc="Tokenising documents")
 
 
-def pack_documents(documents: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, block_size: int = 1024, *,
-                   eos_token_id: int | None = None, num_proc: int | None = None) -> TokenBlocks:
-    """Documents tokenised with one EOS after each, concatenated and cut into blocks of `block_size` tokens."""
-    tokens = tokenize_documents(documents, tokenizer, eos_token_id=eos_token_id, num_proc=num_proc)
-    return TokenBlocks(tokens, block_size)
-
-
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     """``"char"``: the 27-symbol character tokenizer; anything else: `AutoTokenizer` (Hub id or local folder)."""
     if name == CHARACTER_TOKENIZER:
@@ -257,20 +238,12 @@ def build_datasets(config: DataConfig) -> tuple[dict[str, torch.utils.data.Datas
     return splits, tokenizer
 
 
-def unigram_entropy_bits(token_ids) -> float:
-    """``H = -sum_v p(v) log2 p(v)`` of the token frequencies: the loss, in bits per token, of the best model that
-    ignores context (the floor a trained model must beat)."""
-    counts = np.bincount(np.asarray(token_ids, dtype=np.int64).reshape(-1))
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log2(p)).sum())
-
-
 def _build_split(config: DataConfig, split: str, tokenizer: PreTrainedTokenizerBase) -> TokenBlocks:
     if config.uses_characters:
         text = load_text8(config.dataset, split, normalize=config.normalize_text8, cache_dir=config.cache_dir)
         return TokenBlocks(encode_text8(text), config.block_size)
     documents = load_openwebtext(config.dataset, split, cache_dir=config.cache_dir)
-    return pack_documents(documents, tokenizer, config.block_size, num_proc=config.num_proc)
+    return TokenBlocks(tokenize_documents(documents, tokenizer, num_proc=config.num_proc), config.block_size)
 
 
 def _available_splits(config: DataConfig) -> tuple[str, ...]:
@@ -284,10 +257,18 @@ def _available_splits(config: DataConfig) -> tuple[str, ...]:
     return SPLITS
 
 
+def evenly_spaced(count: int, limit: int | None) -> list[int]:
+    """``limit`` indices spread evenly over ``range(count)`` (all of them without a limit), so that a subset of
+    blocks (``max_train_blocks``, ``max_eval_blocks``, evaluation's ``--max_blocks``) still covers the whole split."""
+    if limit is None or limit >= count:
+        return list(range(count))
+    return [i * count // limit for i in range(limit)]
+
+
 def _evenly_spaced_subset(dataset: torch.utils.data.Dataset, max_items: int | None) -> torch.utils.data.Dataset:
     if max_items is None or max_items >= len(dataset):
         return dataset
-    return torch.utils.data.Subset(dataset, (torch.arange(max_items) * len(dataset) // max_items).tolist())
+    return torch.utils.data.Subset(dataset, evenly_spaced(len(dataset), max_items))
 
 
 def _local_path(source: str) -> Path | None:

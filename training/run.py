@@ -5,14 +5,20 @@
     accelerate launch --multi_gpu training/run.py --config text8-mixd --bf16
     accelerate launch training/run.py --config quickstart --resume_from_checkpoint latest
 
-Every flag is listed by ``--help``; a ``--config`` preset (``training/configs/``) sets defaults that flags override.
+Also ``python -m training.run`` with the same flags. Every flag is listed by ``--help``; a ``--config`` preset
+(``training/configs/``) sets defaults that flags override.
 The output folder ends up holding the model (EMA weights, tokenizer, model card: load it with
 ``AutoModel.from_pretrained(folder, trust_remote_code=True)``), ``results.json``, ``metrics.jsonl``, the TensorBoard
 logs and the last checkpoints. Exit status: 0 when done; 2 for a problem with the settings, data, network, output
 folder or checkpoint (one line on stderr); 128 + N after signal N (SIGTERM, SIGINT), with a checkpoint to resume
 from. docs/reliability.md lists every case.
+
+This module is the run from start to finish: settings → data → recipe → `training.trainer.Trainer` → the
+deliverable (the model folder with EMA weights, tokenizer and model card, results.json, the optional Hub upload),
+plus the check that data-parallel replicas ended with the same weights.
 """
 
+import hashlib
 import json
 import os
 import platform
@@ -20,23 +26,25 @@ import sys
 from pathlib import Path
 
 import accelerate
+from accelerate import Accelerator
 import torch
 import transformers
 import yaml
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from torch import nn
+from transformers import PreTrainedTokenizerBase
 
+from evaluation.entropy import unigram_entropy
 from training.arguments import format_settings, parse_settings, resolved_settings
-from training.checkpointing import find_resume_checkpoint, output_dir_lock, read_manifest
-from training.data import DataConfig, build_datasets, unigram_entropy_bits
-from training.errors import TrainingStopped, UsageError
-from training.export import check_hub_access, export_model_folder, push_model_folder
-from training.loop import Trainer, build_accelerator, resume_training
-from training.model_card import build_model_card
-from training.models import RECIPES, build_tarflow_config
-from training.replicas import replica_fingerprints
-from training.run_record import build_run_record, check_resumable
+from training.checkpointing import (build_run_record, check_resumable, find_resume_checkpoint, output_dir_lock,
+                                    read_manifest, resume_training)
+from training.data import DataConfig, build_datasets
+from training.errors import AssetUnavailableError, TrainingStopped, UsageError
+from training.recipes import RECIPES, build_tarflow_config
 from training.stages import StageSchedule
-from training.tracking import hyperparameters
+from training.tokenization_char import is_character_tokenizer
+from training.trainer import Trainer, build_accelerator, check_finite_parameters, hyperparameters
 
 UNIGRAM_SAMPLE_BLOCKS = 10_000  # enough for the entropy to 3 decimals, cheap on OpenWebText
 
@@ -50,9 +58,11 @@ def stage_schedule(settings, tarflow_config, recipe) -> StageSchedule:
 
 
 def train_unigram_entropy(train_split) -> float:
-    """Unigram entropy (bits per token) of the train blocks, over at most `UNIGRAM_SAMPLE_BLOCKS` of them."""
+    """Unigram entropy (bits per token) of the train blocks, over at most `UNIGRAM_SAMPLE_BLOCKS` of them: the loss
+    of the best model that ignores context, the floor a trained model must beat."""
     step = max(1, len(train_split) // UNIGRAM_SAMPLE_BLOCKS)
-    return unigram_entropy_bits(torch.stack([train_split[i]["input_ids"] for i in range(0, len(train_split), step)]))
+    blocks = torch.stack([train_split[i]["input_ids"] for i in range(0, len(train_split), step)])
+    return unigram_entropy(blocks, base=2)
 
 
 def describe_run(model, resolved: dict, architecture: dict, schedule: StageSchedule) -> str:
@@ -151,7 +161,7 @@ def train_and_export(accelerator, settings, data_config: DataConfig, recipe) -> 
     checkpoint = resumable_checkpoint(accelerator, settings, record)
     if accelerator.is_main_process:  # only once the run is known to go ahead
         (Path(settings.output_dir) / "training_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    trainer = Trainer(settings, accelerator, recipe, model, splits, schedule, data_config.uses_characters, record)
+    trainer = Trainer(settings, accelerator, recipe, model, splits, schedule, is_character_tokenizer(tokenizer), record)
     accelerator.init_trackers("logs", config=hyperparameters(resolved))
     resume_training(accelerator, checkpoint, trainer.progress)
     trainer.train()
@@ -161,7 +171,7 @@ def train_and_export(accelerator, settings, data_config: DataConfig, recipe) -> 
 
 def resumable_checkpoint(accelerator, settings, record: dict) -> Path | None:
     """The checkpoint ``--resume_from_checkpoint`` names, once it is known to be whole and written by this run's
-    settings (`training.run_record`)."""
+    settings (`training.checkpointing.check_resumable`)."""
     checkpoint = find_resume_checkpoint(settings.resume_from_checkpoint, settings.output_dir, accelerator.print)
     if checkpoint is None:
         if settings.resume_from_checkpoint:
@@ -183,6 +193,139 @@ def cli(argv: list[str]) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+
+# --- The deliverable: model folder, model card, Hub upload ----------------------------------------------------
+
+RUN_ARTIFACTS = ["checkpoints/**", "logs/**", "*.lock"]
+"""What the output folder holds besides the model and is not uploaded (resumable state, TensorBoard events)."""
+
+
+def export_model_folder(model: nn.Module, tokenizer: PreTrainedTokenizerBase, card: ModelCard,
+                        folder: str | Path) -> Path:
+    """``save_pretrained`` of the model (config, safetensors, and for TarFlowLM its code) and of the tokenizer,
+    plus the card as README.md, so ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` and
+    ``AutoTokenizer.from_pretrained(folder)`` work."""
+    check_finite_parameters(model, f"export to {folder}")
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    card.save(folder / "README.md")
+    return folder
+
+
+def push_model_folder(folder: str | Path, repo_id: str, api: HfApi | None = None) -> str:
+    """Create `repo_id` if needed and upload the model folder, run artifacts excluded; returns the commit URL."""
+    api = api or HfApi()
+    api.create_repo(repo_id, exist_ok=True, repo_type="model")
+    commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                               ignore_patterns=RUN_ARTIFACTS, commit_message="Upload TarFlowLM training run")
+    return str(commit)
+
+
+def check_hub_access(repo_id: str, api: HfApi | None = None) -> str:
+    """Before training, not after it: the Hub answers, the token is valid and may write to `repo_id`'s namespace.
+    Returns the account name."""
+    api = api or HfApi()
+    try:
+        identity = api.whoami()
+    except Exception as error:  # offline, no token, a bad token, no network: each its own exception type
+        raise AssetUnavailableError(f"--push_to_hub {repo_id}: cannot reach the Hugging Face Hub as a logged-in user "
+                                    f"({str(error).strip().splitlines()[0]}); log in with `hf auth login` or set "
+                                    "HF_TOKEN, or drop --push_to_hub") from error
+    role = identity.get("auth", {}).get("accessToken", {}).get("role")
+    namespaces = {identity["name"], *(org["name"] for org in identity.get("orgs", []))}
+    owner = repo_id.split("/")[0] if "/" in repo_id else identity["name"]
+    if role == "read" or owner not in namespaces:
+        raise AssetUnavailableError(f"--push_to_hub {repo_id}: the token of {identity['name']!r} "
+                                    f"({role or 'unknown'} access) cannot write to {owner!r}; it may write to "
+                                    f"{sorted(namespaces)} with a write token")
+    return identity["name"]
+
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "template.md"
+SHIPPED_CORPUS_NOTE = ("tiny-literary is a 2.4M-character public-domain corpus shipped for smoke tests: its numbers "
+                       "are not comparable with text8 or OpenWebText results")
+
+_USAGE = {  # AutoTokenizer reads config.json first, whose model code needs the same trust as the model
+    "tarflow": ('from transformers import AutoModel, AutoTokenizer\n\n'
+                'model = AutoModel.from_pretrained("{folder}", trust_remote_code=True)\n'
+                'tokenizer = AutoTokenizer.from_pretrained("{folder}", trust_remote_code=True)\n'
+                'ids = model.generate(max_new_tokens={length}, num_return_sequences=2, seed=0)\n'
+                'print(tokenizer.batch_decode(ids))'),
+    "gpt2": ('from transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
+             'model = AutoModelForCausalLM.from_pretrained("{folder}")\n'
+             'tokenizer = AutoTokenizer.from_pretrained("{folder}")'),
+}
+_SUMMARY = {
+    "tarflow": "A TarFlowLM model (Zhang et al., NeurIPS 2025): tokens are encoded to Gaussian latents whose prior is "
+               "a stack of transformer autoregressive flows; the decoder is tied to the encoder codebook.",
+    "gpt2": "The autoregressive baseline of a TarFlowLM run: a GPT-2 of the same depth, width and vocabulary, "
+            "trained with the same script, data and steps.",
+}
+
+
+def metric_rows(results: dict) -> list[dict]:
+    validation = results["validation"]
+    rows = [{"split": "validation", "name": name, "value": f"{value:.4f}"} for name, value in validation.items()]
+    if results.get("unigram_entropy_bits") is not None:
+        rows.append({"split": "train", "name": "unigram entropy (bits/token, the floor to beat)",
+                     "value": f"{results['unigram_entropy_bits']:.4f}"})
+    return rows
+
+
+def card_data(results: dict) -> ModelCardData:
+    metric = "bpc" if "bpc" in results["validation"] else "ppl"
+    evaluation = EvalResult(task_type="text-generation", dataset_type=results["data"]["dataset"],
+                            dataset_name=results["data"]["dataset"], dataset_split="validation",
+                            metric_type=metric, metric_value=round(results["validation"][metric], 4))
+    return ModelCardData(language="en", license="apache-2.0", library_name="transformers",
+                         tags=["tarflowlm", "normalizing-flow", "language-model", results["model"]],
+                         model_name=results["model_name"], eval_results=[evaluation])
+
+
+def model_location(results: dict, settings: dict) -> str:
+    """Where a reader of the card loads the model from: the Hub repository when the run pushes there."""
+    return settings.get("push_to_hub") or results["output_dir"]
+
+
+def build_model_card(results: dict, settings: dict, architecture: dict) -> ModelCard:
+    """`results` as `training/run.py` writes them to results.json; `settings` the resolved training settings."""
+    data = results["data"]
+    metric_note = ("The TarFlowLM value is the negative ELBO with one z sample per block: an upper bound on the "
+                   "negative log-likelihood." if results["model"] == "tarflow" else "Exact negative log-likelihood.")
+    return ModelCard.from_template(
+        card_data(results), template_path=str(TEMPLATE), model_name=results["model_name"],
+        summary=_SUMMARY[results["model"]], preset=settings.get("config") or "custom", steps=results["steps"],
+        tokens=f"{results['tokens']:,}", skipped_steps=results["skipped_steps"], ema_decay=settings["ema_decay"],
+        usage=_USAGE[results["model"]].format(folder=model_location(results, settings), length=data["block_size"]),
+        metric_rows=metric_rows(results), metric_note=metric_note, dataset=data["dataset"],
+        tokenizer=data["tokenizer"], block_size=data["block_size"],
+        data_note=SHIPPED_CORPUS_NOTE if data["dataset"] == "tiny-literary" else "",
+        architecture=yaml.safe_dump(architecture, sort_keys=False, default_flow_style=None).strip(),
+        stages=results["stages"], training_settings=yaml.safe_dump(settings, sort_keys=False).strip(),
+        samples=results.get("samples") or [], seed=settings["seed"])
+
+
+# --- Data-parallel sanity check: every process trained on different blocks and holds the same weights -----
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, parameter in model.named_parameters():
+        digest.update(name.encode())
+        digest.update(parameter.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def replica_fingerprints(accelerator: Accelerator, model: torch.nn.Module, data_sha256: str) -> list[dict]:
+    """One entry per process: the SHA-256 of the blocks it trained on (since it started) and of its weights.
+    Prints a warning if the weights differ, which would mean gradients were not synchronised."""
+    mine = {"process": accelerator.process_index, "data_sha256": data_sha256, "weights_sha256": weights_sha256(model)}
+    replicas = gather_object([mine])
+    if len({replica["weights_sha256"] for replica in replicas}) > 1:
+        accelerator.print("WARNING: the processes' weights differ: gradients were not synchronised")
+    return replicas
 
 
 if __name__ == "__main__":

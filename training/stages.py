@@ -1,4 +1,4 @@
-"""Progressive layer-wise training (§5 of the method notes): which flow layers each stage trains and which it freezes.
+"""Progressive layer-wise training (arXiv 2507.00425 §3.3): which flow layers each stage trains and which it freezes.
 
 Stage s (0-based) uses the first ``n_s`` flow layers. It trains layers ``n_{s-1} .. n_s - 1`` (stage 0 also trains
 the codebook, i.e. the encoder and the tied decoder) and keeps the earlier ones frozen: they run under ``no_grad``

@@ -61,6 +61,13 @@ def decode_text8(ids) -> str:
     return "".join(TEXT8_ALPHABET[i] for i in np.asarray(ids, dtype=np.int64).tolist())
 
 
+def is_character_tokenizer(tokenizer) -> bool:
+    """Whether `tokenizer` is the 27-symbol alphabet and nothing else (no EOS added): the one test of "is this a
+    character model" that decides BPC over perplexity in training's logs and evaluation's headline, and the character
+    stream over EOS-separated documents in evaluation's corpus (what ``--tokenizer char`` trains on)."""
+    return tokenizer.get_vocab() == {symbol: i for i, symbol in enumerate(TEXT8_ALPHABET)}
+
+
 def build_char_tokenizer() -> PreTrainedTokenizerFast:
     """The 27-symbol character tokenizer (``len(tokenizer) == 27``, no special tokens).
 

@@ -13,15 +13,15 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from evaluation.entropy import unigram_entropy
 from training.data import (
     SHIPPED_CORPUS_DIR,
     DataConfig,
+    TokenBlocks,
     build_datasets,
-    chunk_text8,
     load_openwebtext,
     load_text8,
-    pack_documents,
-    unigram_entropy_bits,
+    tokenize_documents,
 )
 from training.errors import AssetUnavailableError, DataError
 from training.tokenization_char import (
@@ -93,18 +93,11 @@ def test_text_outside_the_alphabet_is_rejected_by_the_stream_encoder_and_normali
     raw = tmp_path / "raw.txt"
     raw.write_text("In the Beginning, God created\nthe Heaven & the Earth. " * 40)
     with pytest.raises(ValueError, match="normalise"):
-        chunk_text8(load_text8(str(raw), "train"))
+        encode_text8(load_text8(str(raw), "train"))
     assert load_text8(str(raw), "train", normalize=True).startswith("in the beginning god created the heaven the")
 
 
 # --- text8: sources and chunking -----------------------------------------------------------------------------------
-
-def test_chunk_text8_gives_fixed_length_chunks_that_concatenate_to_the_stream_prefix(valid_text8):
-    chunks = chunk_text8(valid_text8, block_size=256)
-    assert chunks.shape == (len(valid_text8) // 256, 256) and chunks.dtype == torch.long
-    assert int(chunks.max()) < 27
-    assert decode_text8(chunks.reshape(-1)) == valid_text8[: chunks.numel()]
-
 
 def test_local_text8_folder_reads_one_file_per_split(tmp_path):
     (tmp_path / "train.txt").write_text("the train split\n")  # a trailing newline is not data
@@ -210,7 +203,7 @@ def test_packing_puts_exactly_one_eos_after_each_document_in_fixed_length_blocks
 
 def test_token_blocks_pickle_for_dataloader_workers(cache_dir):
     documents = load_openwebtext("tiny-literary", "test", cache_dir=cache_dir)
-    blocks = pack_documents(documents, build_char_tokenizer(), block_size=64, eos_token_id=26)
+    blocks = TokenBlocks(tokenize_documents(documents, build_char_tokenizer(), eos_token_id=26), 64)
     copy = pickle.loads(pickle.dumps(blocks))
     last = len(blocks) - 1
     assert len(copy) == len(blocks) and torch.equal(copy[last]["input_ids"], blocks[last]["input_ids"])
@@ -247,6 +240,6 @@ def test_shipped_corpus_md5s_match_its_readme():
 
 
 def test_unigram_entropy_of_the_shipped_train_split_is_the_recorded_floor():
-    assert unigram_entropy_bits([0, 1, 2, 3]) == pytest.approx(2.0)
-    entropy = unigram_entropy_bits(encode_text8(load_text8("tiny-literary", "train")))
+    assert unigram_entropy([0, 1, 2, 3], base=2) == pytest.approx(2.0)
+    entropy = unigram_entropy(encode_text8(load_text8("tiny-literary", "train")), base=2)
     assert entropy == pytest.approx(4.0700, abs=1e-4)

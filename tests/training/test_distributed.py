@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import REPO
 from tests.helpers.training import tiny_args
-from training.tracking import read_metrics
+from evaluation.training_logs import read_metrics
 
 
 def free_port() -> int:

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from tests.helpers import REPO
 from tests.helpers.training import TINY_MODEL, run_in_process, tiny_args
+from evaluation.training_logs import METRICS_FILE, read_metrics
 from training.checkpointing import complete_checkpoints
-from training.tracking import METRICS_FILE, read_metrics
 
 MAX_STEPS = 12
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl",

@@ -6,13 +6,12 @@ import yaml
 
 from modeling_tarflow import TarFlowConfig
 from training.arguments import CONFIG_DIR, load_preset, parse_settings
-from training.checkpointing import complete_checkpoints, find_resume_checkpoint, prune_checkpoints, write_manifest
+from training.checkpointing import (check_resumable, complete_checkpoints, find_resume_checkpoint, prune_checkpoints,
+                                    write_manifest)
 from training.errors import CheckpointError, SettingsError
-from training.ema import build_ema, warmed_up_decay
-from training.guards import NonFiniteStepGuard, NonFiniteTrainingError
-from training.optimization import build_lr_scheduler, build_optimizer
-from training.run_record import check_resumable
 from training.stages import StageSchedule
+from training.trainer import (NonFiniteStepGuard, NonFiniteTrainingError, build_ema, build_lr_scheduler,
+                              build_optimizer, warmed_up_decay)
 
 PAPER_PRESETS = {  # §3.8 of the method notes: (dataset, d, block, couplings, mixtures per layer, stages)
     "text8-mix1": ("text8", 5, 256, ["mixture_cdf"] * 3, [27, 27, 27], None),
@@ -257,7 +256,7 @@ def test_guard_skips_non_finite_steps_and_stops_when_they_persist():
 
 
 def test_baseline_matches_tarflow_size_and_scores_every_token():
-    from training.baseline import baseline_block_nll, build_baseline
+    from training.recipes import baseline_block_nll, build_baseline
     from training.tokenization_char import build_char_tokenizer
 
     config = TarFlowConfig(hidden_size=32, num_attention_heads=2, max_position_embeddings=16, dropout=0.1,
@@ -277,7 +276,7 @@ def test_tensorboard_is_installed_with_the_package_and_its_absence_is_reported(m
     import configparser
     import importlib.util
 
-    from training.tracking import trackers
+    from training.trainer import trackers
 
     setup = configparser.ConfigParser()
     setup.read(CONFIG_DIR.parent.parent / "setup.cfg")

@@ -37,7 +37,7 @@ def progressive_run(tmp_path_factory):
 
 
 def test_new_stage_starts_where_the_previous_one_ended(progressive_run):
-    from training.tracking import read_metrics
+    from evaluation.training_logs import read_metrics
 
     output_dir, _ = progressive_run
     metrics = read_metrics(output_dir)
@@ -98,7 +98,7 @@ def test_model_card_states_data_steps_and_metrics(progressive_run):
 def test_push_to_hub_uploads_the_model_folder_without_run_state(progressive_run):
     from huggingface_hub.utils import filter_repo_objects
 
-    from training.export import push_model_folder
+    from training.run import push_model_folder
 
     class RecordingHubApi:  # stands in for HfApi: records what would be sent, touches no network
         def __init__(self):
@@ -137,7 +137,7 @@ class FakeHubApi:
 
 def test_push_to_hub_is_checked_before_training(tmp_path):
     from training.errors import AssetUnavailableError
-    from training.export import check_hub_access
+    from training.run import check_hub_access
 
     with pytest.raises(AssetUnavailableError, match="--push_to_hub user/tiny: cannot reach the Hugging Face Hub"):
         run_in_process(tiny_args(tmp_path, "--push_to_hub", "user/tiny"))  # HF_HUB_OFFLINE=1 in the tests
@@ -154,7 +154,7 @@ def test_a_pushed_model_card_shows_the_repo_id(progressive_run):
     import yaml
     from transformers import AutoModel
 
-    from training.model_card import build_model_card
+    from training.run import build_model_card
     from training.run import architecture_summary
 
     output_dir, results = progressive_run
@@ -235,7 +235,7 @@ def test_offline_paper_data_and_tokenizer_fail_in_one_line_naming_the_local_flag
 @pytest.fixture
 def nan_losses(monkeypatch):
     """Make the training loss NaN at the chosen optimizer steps (0-based; validation is unaffected)."""
-    from training.models import TarFlowRecipe
+    from training.recipes import TarFlowRecipe
 
     bad_steps, calls, original = set(), [0], TarFlowRecipe.block_nll
 
@@ -252,7 +252,7 @@ def nan_losses(monkeypatch):
 
 
 def test_a_nan_step_is_skipped_and_reported(tmp_path, nan_losses, capsys):
-    from training.tracking import read_metrics
+    from evaluation.training_logs import read_metrics
 
     nan_losses.update({2, 3})
     results = run_in_process(tiny_args(tmp_path, max_steps=6))
@@ -264,7 +264,7 @@ def test_a_nan_step_is_skipped_and_reported(tmp_path, nan_losses, capsys):
 
 def test_persistent_nans_stop_training_and_leave_finite_checkpoints(tmp_path, nan_losses):
     from training.checkpointing import complete_checkpoints
-    from training.guards import NonFiniteTrainingError
+    from training.trainer import NonFiniteTrainingError
 
     nan_losses.update(range(2, 100))
     with pytest.raises(NonFiniteTrainingError, match="NaN/inf for 3 consecutive steps"):
@@ -278,7 +278,7 @@ def test_persistent_nans_stop_training_and_leave_finite_checkpoints(tmp_path, na
 
 def test_non_finite_weights_are_never_written():
     from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM
-    from training.guards import NonFiniteTrainingError, check_finite_parameters
+    from training.trainer import NonFiniteTrainingError, check_finite_parameters
 
     model = TarFlowForCausalFlowLM(TarFlowConfig(**TINY_MODEL, max_position_embeddings=16))
     with torch.no_grad():
