@@ -5,7 +5,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from .configuration_tarflow import TarFlowConfig
 from .generation import TarFlowGenerateOutput, TarFlowGenerationConfig
 from .modeling_tarflow import CheckpointMismatchError, TarFlowForCausalFlowLM, TarFlowOutput, TarFlowPreTrainedModel
-from .validation import TokenIdDtypeError
+from .input_checks import TokenIdDtypeError
 
 # In-process auto classes (installed package) and auto_map + copied code on save (trust_remote_code loads).
 AutoConfig.register(TarFlowConfig.model_type, TarFlowConfig, exist_ok=True)

@@ -33,7 +33,8 @@ class LinearHead(nn.Module):
 
 
 class MaskedAutoregressiveHead(nn.Module):
-    r"""The MAF-MLP of CategoricalNF / TarFlowLM App. H: θ_{t,i} = g(f_t, h_{t,<i}), dimension-wise autoregressive.
+    r"""The MAF-MLP head (MAF [50] as in CNF [41], §4 "Model Configurations"): θ_{t,i} = g(f_t, h_{t,<i}), the
+    dimension-wise autoregressive parameters of §3.2.1.
 
     Each channel value h_j is featurised as [h_j, elu(h_j), elu(−h_j)] and embedded to E units (block-diagonal);
     hidden block i (D/2 units) reads f_t and the embeddings of channels j < i (a masked linear layer); a
