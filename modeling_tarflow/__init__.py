@@ -1,4 +1,5 @@
-"""TarFlowLM: language modeling in continuous space with transformer-based autoregressive flows."""
+"""TarFlowLM (arXiv 2507.00425): language modeling in continuous space with transformer-based autoregressive flows —
+tokens x → codebook latents z ~ q(z|x) → stacked flows u = f(z) ~ N(0, I), decoded by the tied p(x|z)."""
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 

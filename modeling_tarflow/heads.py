@@ -1,5 +1,6 @@
-"""Parameter heads: map transformer features f_t (and, autoregressively, the patch's own channels) to the
-per-channel parameters of a coupling. Both heads return (..., c, n): n parameters for each of the c channels."""
+"""Parameter heads θ: map transformer features f_t of the context C_t (and, dimension-wise autoregressively,
+§3.2.1, the patch's own channels h_{t,<i}) to the per-channel parameters of a coupling (π, m, s of a mixture, or the
+affine a, b). Both heads return (..., c, n): n parameters for each of the c channels."""
 
 from __future__ import annotations
 
