@@ -1,37 +1,36 @@
-"""The Gaussian codebook: encoder q(z|x), tied Bayes decoder p(x|z), and mixture components for Mix-d layers."""
+"""The Gaussian codebook {μ_k, σ_k²} (§3.1): the encoder q(z_t | x_t), the tied Bayes decoder p(x_t | z_t), and the
+mixture components of a tied Mix-d layer (§3.2.2)."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
 
-from .mixtures import LOG_SQRT_2PI, mixture_dtype
+from .mixtures import LOG_SQRT_2PI
+from .precision import working_dtype
 
-# Above this many K·d entries per token, distances are expanded as ‖z‖² − 2 z·μ + ‖μ‖² (one matmul, as cheap as an
-# LM head) instead of materialising z − μ_k; the expansion loses precision only when σ_k ≪ ‖z‖·1e-3 (float32).
-_DIRECT_DISTANCE_MAX_ENTRIES = 1 << 16
+# The default of `TarFlowConfig.codebook_direct_distance_max_entries`.
+DIRECT_DISTANCE_MAX_ENTRIES = 1 << 16
 
 
 class GaussianCodebook(nn.Module):
-    r"""K isotropic Gaussians N_k = N(μ_k, σ_k² I_d) (§2.1), with σ_k = exp(log σ_k) unconstrained.
+    r"""K isotropic Gaussians N_k = N(μ_k, σ_k² I_d) (§3.1), with σ_k = exp(log σ_k) unconstrained.
 
-    As the encoder: q(z_t | x_t = k) = N_k(z_t). As the tied decoder (§2.2, Bayes rule with a uniform prior):
+    As the encoder: q(z_t | x_t = k) = N_k(z_t). As the tied decoder (§3.1, Bayes rule with a uniform prior):
     p(x_t = k | z_t) = N_k(z_t) / Σ_j N_j(z_t), i.e. softmax over the logits log N_k(z_t).
+
+    `direct_distance_max_entries`: up to this many K·d entries per token, ‖z − μ_k‖² is computed from z − μ_k
+    (a (…, K, d) tensor); above it, as ‖z‖² − 2 z·μ + ‖μ‖² (one matmul, as cheap as an LM head), which loses
+    precision only when σ_k ≪ ‖z‖·1e-3 (float32). Weights are initialised by `TarFlowPreTrainedModel._init_weights`.
     """
 
-    def __init__(self, num_components: int, dim: int):
+    def __init__(self, num_components: int, dim: int, direct_distance_max_entries: int = DIRECT_DISTANCE_MAX_ENTRIES):
         super().__init__()
         self.num_components = num_components
         self.dim = dim
+        self.direct_distance_max_entries = direct_distance_max_entries
         self.mu = nn.Parameter(torch.empty(num_components, dim))
         self.log_sigma = nn.Parameter(torch.empty(num_components))
-
-    def reset_parameters(self, init_std: float, init_sigma: float, generator: torch.Generator | None = None) -> None:
-        with torch.no_grad():
-            self.mu.normal_(0.0, init_std, generator=generator)
-            self.log_sigma.fill_(math.log(init_sigma))
 
     def sample(self, ids: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """z = μ_x + σ_x ε with ε ~ N(0, I) (reparameterised), shape (*ids.shape, d)."""
@@ -44,7 +43,7 @@ class GaussianCodebook(nn.Module):
         """log N_k(z) for every component k: shape (..., K). These are also the decoder's logits."""
         mu, log_sigma = self._full_precision_params(z)
         z = z.to(mu.dtype)
-        if self.num_components * self.dim <= _DIRECT_DISTANCE_MAX_ENTRIES:
+        if self.num_components * self.dim <= self.direct_distance_max_entries:
             squared_distance = (z.unsqueeze(-2) - mu).square().sum(-1)
         else:
             squared_distance = (z.square().sum(-1, keepdim=True) - 2 * z @ mu.T
@@ -60,7 +59,7 @@ class GaussianCodebook(nn.Module):
     def _full_precision_params(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """μ and log σ in at least float32: a model cast to bf16 keeps its codebook densities (softmax over V
         logits, distances to every μ_k) out of bf16, as training under autocast does."""
-        dtype = mixture_dtype(self.mu, *inputs)
+        dtype = working_dtype(self.mu, *inputs)
         return self.mu.to(dtype), self.log_sigma.to(dtype)
 
 

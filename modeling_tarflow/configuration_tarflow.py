@@ -1,4 +1,5 @@
-"""TarFlowLM configuration: every model hyper-parameter in one validated `PretrainedConfig`."""
+"""TarFlowLM configuration: every model hyper-parameter in one validated `PretrainedConfig` — the codebook (§3.1),
+the stacked flows and their couplings (§3.2–3.3), patches and channel mixing (§4, Alg. 2)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from transformers import GenerationConfig, PretrainedConfig
 COUPLINGS = ("affine", "mixture_cdf", "mixture_rosenblatt")
 DIRECTIONS = ("l2r", "r2l")
 
-# Defaults filled into every `flow_layers` entry, per coupling (§3.8 of the method notes).
+# Defaults filled into every `flow_layers` entry, per coupling (the configurations of §4).
 _LAYER_DEFAULTS = {
     "affine": {"num_layers": 2, "autoregressive_dims": False},
     "mixture_cdf": {"num_layers": 2, "num_mixtures": 64, "autoregressive_dims": True},
@@ -28,7 +29,8 @@ _LAYER_KEYS = {
     "mixture_rosenblatt": {"coupling", "num_layers", "direction", "num_mixtures", "tie_codebook"},
 }
 
-# text8 Mix-d (§3.8): a tied Mixture-Rosenblatt layer, then two Mix-1 layers with V = 2 mixtures.
+# A Mix-d model (§4, "Model Configurations"): a tied Mixture-Rosenblatt layer, then two Mix-1 layers with V = 2
+# mixtures.
 DEFAULT_FLOW_LAYERS = (
     {"coupling": "mixture_rosenblatt", "num_layers": 4},
     {"coupling": "mixture_cdf", "num_mixtures": 2, "num_layers": 4},
@@ -38,11 +40,14 @@ DEFAULT_FLOW_LAYERS = (
 
 # The fields that define the function the weights compute. A changed value with unchanged tensor shapes (a flipped
 # direction, channel mixing off, another log-scale bound) would load silently into a different model, so their hash
-# is saved in config.json and checked at load. Initialisation, dropout and root-finder settings are not among them.
+# is saved in config.json and checked at load. Initialisation, dropout and memory budgets are not among them.
 ARCHITECTURE_FIELDS = ("vocab_size", "latent_dim", "patch_size", "hidden_size", "num_attention_heads",
                        "intermediate_size", "max_position_embeddings", "flow_layers", "channel_mixing",
                        "maf_hidden_size", "log_scale_bound", "layer_norm_eps")
 _FLOAT_FIELDS = ("log_scale_bound", "layer_norm_eps")
+
+# Root-finder settings older config.json files carry: kept as attributes when present (see `RootFinding.for_model`).
+LEGACY_SAMPLING_KEYS = ("root_tolerance", "root_max_iterations")
 
 # Keyword arguments `PretrainedConfig` itself takes or writes into config.json, beyond its dataclass fields, plus the
 # keys older transformers versions wrote into every config.json.
@@ -75,14 +80,21 @@ class TarFlowConfig(PretrainedConfig):
             `autoregressive_dims` (MAF head over the patch channels; affine and mixture_cdf), `tie_codebook`
             (mixture_rosenblatt: use the encoder codebook as components; default for the first layer).
         channel_mixing (`bool`): apply ChannelMix (Algorithm 2: even channels, then odd) between flow layers.
-        maf_hidden_size (`int`): D of the MAF-MLP head (App. H); each channel gets D/2 hidden units.
+        maf_hidden_size (`int`): D of the MAF-MLP head (§4, "Model Configurations"); each channel gets D/2 hidden
+            units.
         log_scale_bound (`float`): mixture log-scales are soft-clipped to ±bound by bound·tanh(x / bound).
         codebook_init_std (`float`): std of the initial codebook means μ_k.
         codebook_init_sigma (`float`): initial codebook scale σ_k.
         dropout (`float`): dropout on attention and MLP outputs.
         layer_norm_eps (`float`), initializer_range (`float`): as in GPT-2.
-        root_tolerance (`float`), root_max_iterations (`int`): stopping rule of the inverse-CDF root finder
-            (residual |Φ⁻¹(F(z)) − u| in probit units).
+        rosenblatt_chunk_elements (`int`): memory budget of a Mix-d layer's forward: the most per-dimension terms
+            (batch · positions · P · K · d) held at once; past it, positions go in chunks, each recomputed in
+            backward (2²⁶ ≈ 256 MB in float32).
+        codebook_direct_distance_max_entries (`int`): up to this many K·d entries, codebook distances ‖z − μ_k‖²
+            are computed directly; above it, by the matmul expansion (see `GaussianCodebook`).
+        root_tolerance (`float`, *optional*), root_max_iterations (`int`, *optional*): read from older config.json
+            files only. The root finder's stopping rule is a sampling setting (`TarFlowGenerationConfig`), which
+            falls back to these when a saved config carries them, so such a model samples as before.
         architecture_fingerprint (`str`, *optional*): the hash of the `ARCHITECTURE_FIELDS` this config was saved
             with (written by `to_dict`, so every config.json carries it); `from_pretrained` refuses weights whose
             config.json fields no longer match it. None (a config built in code) records the current fields.
@@ -111,11 +123,14 @@ class TarFlowConfig(PretrainedConfig):
         dropout: float = 0.0,
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
-        root_tolerance: float = 1e-6,
-        root_max_iterations: int = 100,
+        rosenblatt_chunk_elements: int = 1 << 26,
+        codebook_direct_distance_max_entries: int = 1 << 16,
         architecture_fingerprint: str | None = None,
         **kwargs,
     ):
+        for key in LEGACY_SAMPLING_KEYS:
+            if kwargs.get(key) is not None:
+                setattr(self, key, kwargs.pop(key))
         _check_known_keys(kwargs)
         self.vocab_size = vocab_size
         self.latent_dim = latent_dim
@@ -132,8 +147,8 @@ class TarFlowConfig(PretrainedConfig):
         self.dropout = dropout
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
-        self.root_tolerance = root_tolerance
-        self.root_max_iterations = root_max_iterations
+        self.rosenblatt_chunk_elements = rosenblatt_chunk_elements
+        self.codebook_direct_distance_max_entries = codebook_direct_distance_max_entries
         self._validate_scalars()
         raw_layers = DEFAULT_FLOW_LAYERS if flow_layers is None else flow_layers
         self.flow_layers = normalize_flow_layers(raw_layers, vocab_size)
@@ -165,15 +180,16 @@ class TarFlowConfig(PretrainedConfig):
 
     def _validate_scalars(self) -> None:
         positive_ints = ("vocab_size", "latent_dim", "patch_size", "hidden_size", "num_attention_heads",
-                         "intermediate_size", "max_position_embeddings", "maf_hidden_size", "root_max_iterations")
+                         "intermediate_size", "max_position_embeddings", "maf_hidden_size", "rosenblatt_chunk_elements",
+                         "codebook_direct_distance_max_entries", "root_max_iterations")
         for name in positive_ints:
-            value = getattr(self, name)
+            value = getattr(self, name, 1)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TarFlowConfig.{name} must be a positive integer, got {value!r}")
         positive_floats = ("log_scale_bound", "codebook_init_std", "codebook_init_sigma", "layer_norm_eps",
                            "initializer_range", "root_tolerance")
         for name in positive_floats:
-            value = getattr(self, name)
+            value = getattr(self, name, 1.0)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"TarFlowConfig.{name} must be a positive finite number, got {value!r}")
         if not 0.0 <= self.dropout < 1.0:

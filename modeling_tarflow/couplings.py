@@ -1,37 +1,32 @@
-"""Couplings: the invertible per-patch transforms of a flow layer, given the transformer features f_t.
+"""Couplings: the invertible per-patch transforms τ of a flow layer u_t = τ(h_t; θ(C_t)), given the transformer
+features f_t of the context C_t — affine (§2), Mix-1 (§3.2.1, Prop. 1) and Mix-d (§3.2.2, Alg. 1, Prop. 2).
 
 Uniform interface, for patches h of shape (B, n, c) and features f of shape (B, n, D):
     forward(h, f) -> (u, log_det)        log_det = log|det ∂u/∂h| per patch, shape (B, n)
     log_density(h, f) -> log_p           log p(h_t | C_t) = log N(u_t; 0, I) + log_det per patch, shape (B, n),
                                          without u where the coupling's density is known in closed form
-    inverse(u, f) -> (h, iterations)     iterations: root-finder iterations used (0 for closed-form inverses);
-                                         `fixed_iterations=n`: the root finder's branch-free mode (`torch.compile`),
-                                         h NaN where it has not converged
-Mixture math runs in float32 or wider, outside autocast (see `mixtures.mixture_dtype`).
+    inverse(u, f, root) -> (h, iterations)
+                                         iterations: root-finder iterations used (0 for closed-form inverses);
+                                         `root`: the root finder's stopping rule (`RootFinding`, a sampling setting;
+                                         with `fixed_iterations`, h is NaN where it has not converged)
+Mixture math runs in float32 or wider, outside autocast (`precision.full_precision`).
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
 
 import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from .codebook import GaussianCodebook
+from .codebook import DIRECT_DISTANCE_MAX_ENTRIES, GaussianCodebook
 from .heads import LinearHead, MaskedAutoregressiveHead
-from .mixtures import (mixture_cdf_transform, mixture_dtype, mixture_inverse_cdf, mixture_log_prob,
-                       normal_log_prob)
+from .mixtures import mixture_cdf_transform, mixture_inverse_cdf, mixture_log_prob, normal_log_prob
+from .precision import full_precision as _full_precision
+from .root_finding import RootFinding
 
-
-def _full_precision(*tensors: torch.Tensor):
-    """Upcast to the mixture dtype and leave autocast, so bf16 training never reaches the CDF arithmetic."""
-    dtype, device_type = mixture_dtype(*tensors), tensors[0].device.type
-    # entering a disabled autocast costs microseconds, which add up over the inverse's many small calls
-    enabled = torch.is_autocast_enabled(device_type)
-    context = torch.autocast(device_type, enabled=False) if enabled else contextlib.nullcontext()
-    return context, [t.to(dtype) for t in tensors]
+EXACT = RootFinding()
 
 
 class ElementwiseCoupling(nn.Module, metaclass=abc.ABCMeta):
@@ -65,38 +60,36 @@ class ElementwiseCoupling(nn.Module, metaclass=abc.ABCMeta):
         u, log_det = self.transform(h, params)
         return normal_log_prob(u) + log_det
 
-    def inverse(self, u: torch.Tensor, features: torch.Tensor,
-                fixed_iterations: int | None = None) -> tuple[torch.Tensor, int]:
+    def inverse(self, u: torch.Tensor, features: torch.Tensor, root: RootFinding = EXACT) -> tuple[torch.Tensor, int]:
         if not self.head.autoregressive:
-            return self._invert_full_precision(u, self.head(features), fixed_iterations)
+            return self._invert_full_precision(u, self.head(features), root)
         # MAF head: channel i needs h_{<i}, so the channels are recovered one after another.
         head = self.head.channel_by_channel(features)
         channels, iterations = [], 0
         for i in range(u.shape[-1]):
-            h_i, used = self._invert_full_precision(u[..., i:i + 1], head.params(i).unsqueeze(-2), fixed_iterations)
+            h_i, used = self._invert_full_precision(u[..., i:i + 1], head.params(i).unsqueeze(-2), root)
             channels.append(h_i[..., 0].to(u.dtype))
             head.observe(i, channels[-1])
             iterations = max(iterations, used)
         return torch.stack(channels, dim=-1), iterations
 
     def _invert_full_precision(self, u: torch.Tensor, params: torch.Tensor,
-                               fixed_iterations: int | None) -> tuple[torch.Tensor, int]:
+                               root: RootFinding) -> tuple[torch.Tensor, int]:
         context, (u, params) = _full_precision(u, params)
         with context:
-            return self.invert(u, params, fixed_iterations)
+            return self.invert(u, params, root)
 
     @abc.abstractmethod
     def transform(self, h: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(u, log|du/dh|) channel by channel, both shaped like h."""
 
     @abc.abstractmethod
-    def invert(self, u: torch.Tensor, params: torch.Tensor,
-               fixed_iterations: int | None = None) -> tuple[torch.Tensor, int]:
+    def invert(self, u: torch.Tensor, params: torch.Tensor, root: RootFinding) -> tuple[torch.Tensor, int]:
         """(h, root-finder iterations) with transform(h, params)[0] == u."""
 
 
 class AffineCoupling(ElementwiseCoupling):
-    """u = (h − b)·exp(−a),  log|du/dh| = −a   (TarFlow's affine transform; §3.2 "Affine")."""
+    """u = (h − b)·exp(−a),  log|du/dh| = −a: the affine autoregressive flow of §2 (TarFlowLM Affine, §4)."""
 
     params_per_channel = 2
 
@@ -104,26 +97,24 @@ class AffineCoupling(ElementwiseCoupling):
         a, b = params.unbind(-1)
         return (h - b) * torch.exp(-a), -a
 
-    def invert(self, u, params, fixed_iterations=None):
+    def invert(self, u, params, root):
         a, b = params.unbind(-1)
         return u * torch.exp(a) + b, 0
 
 
 class MixtureCDFCoupling(ElementwiseCoupling):
-    """Mix-1 (§3.2.1): u_i = Φ⁻¹(F_mix(h_i)),  log|du_i/dh_i| = log p_mix(h_i) − log N(u_i; 0, 1),
+    """Mix-1 (§3.2.1, Prop. 1): u_i = Φ⁻¹(F_mix(h_i)),  log|du_i/dh_i| = log p_mix(h_i) − log N(u_i; 0, 1),
 
     with p_mix(h_i) = Σ_k π_k N(h_i; m_k, s_k²), π = softmax(logits), s_k = exp(bound·tanh(ŝ_k / bound)).
     Zero parameters give K copies of N(0, 1): F_mix = Φ and u = h, the identity.
     """
 
     def __init__(self, hidden_size: int, channels: int, num_mixtures: int, autoregressive: bool,
-                 maf_hidden_size: int, log_scale_bound: float, root_tolerance: float = 1e-6,
-                 root_max_iterations: int = 100):
+                 maf_hidden_size: int, log_scale_bound: float):
         self.num_mixtures = num_mixtures
         self.params_per_channel = 3 * num_mixtures
         self.log_scale_bound = log_scale_bound
         super().__init__(hidden_size, channels, autoregressive, maf_hidden_size)
-        self.root_tolerance, self.root_max_iterations = root_tolerance, root_max_iterations
 
     def mixture(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log π, m, log s), each (..., K), from unconstrained parameters (..., 3K)."""
@@ -138,36 +129,37 @@ class MixtureCDFCoupling(ElementwiseCoupling):
         # log N(u_i; 0, 1) + log|du_i/dh_i| = log p_mix(h_i): no CDF, no Φ⁻¹
         return mixture_log_prob(h, *self.mixture(params))
 
-    def invert(self, u, params, fixed_iterations=None):
-        result = mixture_inverse_cdf(u, *self.mixture(params), self.root_tolerance, self.root_max_iterations,
-                                     fixed_iterations)
+    def invert(self, u, params, root):
+        result = mixture_inverse_cdf(u, *self.mixture(params), root.tolerance, root.max_iterations,
+                                     root.fixed_iterations)
         return result.z, result.iterations
 
 
 class MixtureRosenblattCoupling(nn.Module):
-    r"""Mix-d (§3.2.2, Algorithm 1): each token's d-dim latent z ~ Σ_k π_k N(μ_k, σ_k² I) is mapped to N(0, I_d)
+    r"""Mix-d (§3.2.2, Alg. 1, Prop. 2): each token's d-dim latent z ~ Σ_k π_k N(μ_k, σ_k² I) is mapped to N(0, I_d)
     by the Rosenblatt transform. The network predicts only the weights π_t (one softmax per token of the patch;
-    the P tokens of a patch are conditionally independent given the history). With Lemma 1,
+    the P tokens of a patch are conditionally independent given the history). With Lemma 1 (App. B),
 
         log α_k^(i) = log_softmax_k(log π_k + Σ_{i'<i} log N(z_{i'}; μ_{k,i'}, σ_k²))
         u_i = Φ⁻¹(Σ_k α_k^(i) Φ((z_i − μ_{k,i})/σ_k)),   log|det| = log p_mixd(z) − log N(u; 0, I_d).
 
     The components are the encoder codebook when tied (the paper's Mix-d first layer), else learned here.
+    `max_chunk_elements` (`TarFlowConfig.rosenblatt_chunk_elements`) bounds the per-dimension terms `forward`
+    holds at once.
     """
 
     def __init__(self, hidden_size: int, patch_size: int, latent_dim: int, num_mixtures: int,
-                 codebook: GaussianCodebook | None = None, root_tolerance: float = 1e-6,
-                 root_max_iterations: int = 100):
+                 codebook: GaussianCodebook | None = None, max_chunk_elements: int = 1 << 26,
+                 direct_distance_max_entries: int = DIRECT_DISTANCE_MAX_ENTRIES):
         super().__init__()
         self.patch_size, self.latent_dim, self.num_mixtures = patch_size, latent_dim, num_mixtures
         self.head = LinearHead(hidden_size, patch_size, num_mixtures, identity_at_init=False)
         if codebook is None:
-            self.own_components = GaussianCodebook(num_mixtures, latent_dim)
+            self.own_components = GaussianCodebook(num_mixtures, latent_dim, direct_distance_max_entries)
         else:
             # Borrowed, not registered: the encoder owns the tied parameters (one tensor, one state-dict key).
             self._tied_components = (codebook,)
-        self.root_tolerance, self.root_max_iterations = root_tolerance, root_max_iterations
-        self.max_chunk_elements = 1 << 26  # per-dimension terms held at once in `forward` (≈ 256 MB in float32)
+        self.max_chunk_elements = max_chunk_elements
 
     @property
     def components(self) -> GaussianCodebook:
@@ -219,8 +211,7 @@ class MixtureRosenblattCoupling(nn.Module):
             u, log_det = mixture_cdf_transform(z, log_alpha.transpose(-1, -2), mu.T, log_sigma.expand(self.latent_dim, -1))
         return u.flatten(-2), log_det.sum((-1, -2))
 
-    def inverse(self, u: torch.Tensor, features: torch.Tensor,
-                fixed_iterations: int | None = None) -> tuple[torch.Tensor, int]:
+    def inverse(self, u: torch.Tensor, features: torch.Tensor, root: RootFinding = EXACT) -> tuple[torch.Tensor, int]:
         u = u.unflatten(-1, (self.patch_size, self.latent_dim))
         context, (u, logits) = _full_precision(u, self.mixture_logits(features))
         with context:
@@ -231,7 +222,7 @@ class MixtureRosenblattCoupling(nn.Module):
             for i in range(self.latent_dim):
                 log_alpha = torch.log_softmax(log_pi + prefix, dim=-1)
                 result = mixture_inverse_cdf(u[..., i], log_alpha, mu[:, i], log_sigma,
-                                             self.root_tolerance, self.root_max_iterations, fixed_iterations)
+                                             root.tolerance, root.max_iterations, root.fixed_iterations)
                 prefix = prefix + normal_log_prob(result.z.unsqueeze(-1), mu[:, i], log_sigma)
                 dims.append(result.z)
                 iterations = max(iterations, result.iterations)
@@ -244,14 +235,14 @@ class MixtureRosenblattCoupling(nn.Module):
 def build_coupling(layer: dict, config, codebook: GaussianCodebook | None) -> nn.Module:
     """The coupling described by one normalised `config.flow_layers` entry."""
     hidden, channels = config.hidden_size, config.patch_channels
-    root = {"root_tolerance": config.root_tolerance, "root_max_iterations": config.root_max_iterations}
     if layer["coupling"] == "affine":
         return AffineCoupling(hidden, channels, layer["autoregressive_dims"], config.maf_hidden_size)
     if layer["coupling"] == "mixture_cdf":
         return MixtureCDFCoupling(hidden, channels, layer["num_mixtures"], layer["autoregressive_dims"],
-                                  config.maf_hidden_size, config.log_scale_bound, **root)
+                                  config.maf_hidden_size, config.log_scale_bound)
     tied = codebook if layer["tie_codebook"] else None
-    return MixtureRosenblattCoupling(hidden, config.patch_size, config.latent_dim, layer["num_mixtures"], tied, **root)
+    return MixtureRosenblattCoupling(hidden, config.patch_size, config.latent_dim, layer["num_mixtures"], tied,
+                                     config.rosenblatt_chunk_elements, config.codebook_direct_distance_max_entries)
 
 
 __all__ = ["ElementwiseCoupling", "AffineCoupling", "MixtureCDFCoupling", "MixtureRosenblattCoupling", "build_coupling"]

@@ -1,29 +1,64 @@
-"""Transformer autoregressive flow layers over patches, channel mixing, and the stack z → u.
+r"""The flow prior p(z) (§3.3): L transformer autoregressive flows over patches, stacked z = h^(0) → .. → h^(L) = u.
 
-Shapes: z, u are (B, T, d) per token; inside the stack they are patches (B, N, c) with N = T/P, c = P·d.
+Each layer f^(ℓ) is an `AutoregressiveFlow` with two injected permutations (log|det| = 0): `mix`, applied to its
+input (ChannelMix, Alg. 2, between consecutive layers), and `order`, the direction it reads the patches in
+(left-to-right, or right-to-left by reversing them and restoring the order of its output). `FlowStack` walks the
+layers once in each direction: `forward(z) -> FlowOutput` and `inverse(u) -> FlowInversion`, either of them, given
+a `FlowPrompt`, on a continuation after known prompt latents.
+
+Shapes: z, u, h^(ℓ) are (B, T, d) per token; inside a layer they are patches (B, N, c) with N = T/P, c = P·d.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.utils import ModelOutput
 
 from .codebook import GaussianCodebook
 from .couplings import build_coupling
-from .decoding import SEQUENTIAL, JacobiDecoding, LayerInversion, SequentialDecoding
+from .inversion import SEQUENTIAL, JacobiInversion, LayerInversion, SequentialInversion
+from .mixtures import normal_log_prob
+from .root_finding import RootFinding
 from .transformer import CausalConditioner
 
+Inversion = SequentialInversion | JacobiInversion
 
-class ChannelMix(nn.Module):
-    """Algorithm 2: ChannelMix(X) = concat(X[..., 0::2], X[..., 1::2]) — a permutation for any channel count
-    (odd counts included), so log|det| = 0; `unmix` is its exact inverse (first half back to the even slots)."""
+
+class Permutation(nn.Module):
+    """An invertible reordering with log|det| = 0; this base class is the identity."""
+
+    #: whether known patches before the input stay before it (the layer conditions on them)
+    keeps_prefix_first = True
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h
+
+    def inverse(self, h: torch.Tensor) -> torch.Tensor:
+        return h
+
+
+class PatchReversal(Permutation):
+    """The patch order reversed (an involution): a right-to-left layer (Fig. 1b)."""
+
+    keeps_prefix_first = False
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.flip(1)
+
+    inverse = forward
+
+
+class ChannelMix(Permutation):
+    """Alg. 2: ChannelMix(X) = concat(X[..., 0::2], X[..., 1::2]) — a permutation for any channel count (odd counts
+    included); `inverse` is ChannelUnmix (the first half back to the even slots)."""
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return torch.cat([h[..., 0::2], h[..., 1::2]], dim=-1)
 
-    def unmix(self, h: torch.Tensor) -> torch.Tensor:
+    def inverse(self, h: torch.Tensor) -> torch.Tensor:
         num_even = (h.shape[-1] + 1) // 2
         out = torch.empty_like(h)
         out[..., 0::2] = h[..., :num_even]
@@ -32,194 +67,187 @@ class ChannelMix(nn.Module):
 
 
 class AutoregressiveFlow(nn.Module):
-    r"""One flow layer f^(ℓ): in its own direction (left-to-right, or right-to-left by flipping the patch order),
-    u_t = τ(h_t; θ(h_{<t})) with θ from a causal transformer, so the Jacobian is block-triangular and
-    log|det J| = Σ_t log|det ∂u_t/∂h_t|.
+    r"""One flow layer f^(ℓ): x = order(mix(h)), then y_t = τ(x_t; θ(x_{<t})) with θ from a causal transformer, so
+    the Jacobian is block-triangular and log|det J| = Σ_t log|det ∂y_t/∂x_t|; u = order⁻¹(y) in sequence order.
+
+    A prefix (B, Np, c) holds known inputs of Np patches before h in the sequence (a prompt): a layer whose order
+    keeps it first conditions on it (it fills the KV cache); a reversed layer reads it only after h, so it does not
+    enter h's transform at all.
     """
 
-    def __init__(self, config, layer: dict, codebook: GaussianCodebook | None):
+    def __init__(self, conditioner: CausalConditioner, coupling: nn.Module, order: Permutation, mix: Permutation):
         super().__init__()
-        self.reverse = layer["direction"] == "r2l"
-        self.conditioner = CausalConditioner(
-            config.patch_channels, config.hidden_size, config.num_attention_heads, config.intermediate_size,
-            layer["num_layers"], config.max_position_embeddings // config.patch_size, config.dropout,
-            config.layer_norm_eps)
-        self.coupling = build_coupling(layer, config, codebook)
+        self.conditioner, self.coupling, self.order, self.mix = conditioner, coupling, order, mix
 
-    def _oriented(self, h: torch.Tensor) -> torch.Tensor:
-        """Patches in this layer's processing order (an involution)."""
-        return h.flip(1) if self.reverse else h
-
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """h (B, N, c) → (u (B, N, c), log_det (B,))."""
-        u, log_det = self._forward_in_own_order(h)
-        return self._oriented(u), log_det.sum(1)
-
-    def forward_per_patch(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """h (B, N, c) → (u (B, N, c), log_det (B, N)): the log-determinant of every patch, in sequence order."""
-        u, log_det = self._forward_in_own_order(h)
-        return self._oriented(u), self._oriented(log_det)
-
-    def _forward_in_own_order(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self._oriented(h)
-        return self.coupling(x, self.conditioner(x))
+    def forward(self, h: torch.Tensor, prefix: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (B, N, c) → (u (B, N, c), log_det (B,)), reading `prefix` first when given."""
+        known = 0 if prefix is None else prefix.shape[1]
+        x = self.order(self.mix(h if prefix is None else torch.cat([prefix, h], dim=1)))
+        y, log_det = self.coupling(x, self.conditioner(x))
+        u = self.order.inverse(y)[:, known:]
+        return u, (self.order.inverse(log_det)[:, known:] if known else log_det).sum(1)
 
     def log_density(self, h: torch.Tensor) -> torch.Tensor:
         """log p^(ℓ)(h) = log N(f(h); 0, I) + log|det J_f(h)| per sequence, (B,), without computing f(h) where the
-        coupling knows its density directly."""
-        x = self._oriented(h)
+        coupling knows its density directly (Eq. 9)."""
+        x = self.order(self.mix(h))
         return self.coupling.log_density(x, self.conditioner(x)).sum(1)
 
     @torch.no_grad()
     def inverse(self, u: torch.Tensor, prefix: torch.Tensor | None = None,
-                decoding: SequentialDecoding | JacobiDecoding = SEQUENTIAL) -> LayerInversion:
-        """u (B, N, c) → `LayerInversion` with h (B, N, c), solved in this layer's order by `decoding`.
-
-        `prefix` (B, Np, c): known inputs of Np patches that precede u in the sequence (a prompt). A left-to-right
-        layer conditions on them (they fill its KV cache); a right-to-left layer reads them only after u, so they
-        do not enter u's inverse at all.
-        """
-        inversion = decoding.invert(self.conditioner, self.coupling, self._oriented(u),
-                                    None if self.reverse else prefix)
-        return inversion._replace(h=self._oriented(inversion.h))
+                inversion: Inversion = SEQUENTIAL) -> LayerInversion:
+        """u (B, N, c) → `LayerInversion` with h (B, N, c), solved in this layer's order by `inversion`, after
+        the conditioner has read `prefix` (when this layer's order keeps it first)."""
+        y = self.order(u)
+        known = self.mix(prefix) if prefix is not None and self.order.keeps_prefix_first else None
+        context = self.conditioner.prefill(known, y, inversion.use_cache)
+        inverted = inversion.invert(self.conditioner, self.coupling, y, context)
+        return inverted._replace(h=self.mix.inverse(self.order.inverse(inverted.h)))
 
 
-class FlowInversion(NamedTuple):
-    """Result of inverting the stack: z, the latents [h^(L) = u, .., h^(0) = z] after every inverse layer, the
-    root-finder iterations each layer used (from layer L down to 1) and, for Jacobi decoding, each layer's
-    fixed-point iterations per block."""
+def build_layer(config, index: int, layer: dict, codebook: GaussianCodebook | None) -> AutoregressiveFlow:
+    """Flow layer `index` of `config.flow_layers` (one normalised entry `layer`)."""
+    conditioner = CausalConditioner(
+        config.patch_channels, config.hidden_size, config.num_attention_heads, config.intermediate_size,
+        layer["num_layers"], config.max_position_embeddings // config.patch_size, config.dropout,
+        config.layer_norm_eps)
+    order = PatchReversal() if layer["direction"] == "r2l" else Permutation()
+    mix = ChannelMix() if config.channel_mixing and index > 0 else Permutation()
+    return AutoregressiveFlow(conditioner, build_coupling(layer, config, codebook), order, mix)
 
-    z: torch.Tensor
-    hidden_states: list[torch.Tensor]
-    iterations: list[int]
-    fixed_point_iterations: tuple[list[int], ...] = ()
+
+@dataclass
+class FlowPrompt:
+    """Known latents before a sequence, as every layer's input over them: `levels[ℓ]` = h^(ℓ) over the prompt's
+    tokens, (B, m, d), for ℓ = 0 .. L−1 (`hidden_states` of a forward pass, cut to the prompt). Given to
+    `FlowStack.forward` / `inverse`, each layer reads its level before the continuation."""
+
+    levels: tuple[torch.Tensor, ...]
+
+    @classmethod
+    def from_hidden_states(cls, hidden_states, length: int) -> "FlowPrompt":
+        """The first `length` tokens of the levels h^(0) .. h^(L−1) of a forward pass."""
+        return cls(tuple(h[:, :length] for h in hidden_states[:-1]))
+
+    @property
+    def length(self) -> int:
+        return self.levels[0].shape[1]
+
+    def map(self, function) -> "FlowPrompt":
+        """The prompt with `function` applied to every level (repeat, index, select by batch row)."""
+        return FlowPrompt(tuple(function(level) for level in self.levels))
 
 
-class LayerwiseForward(NamedTuple):
-    """Result of `FlowStack.forward_by_patch`: u, every layer's log-determinant per patch (B, L, N), and every
-    layer's input patches (B, Np + N, c), prefix included, in the layer's input channel order."""
+@dataclass
+class FlowOutput(ModelOutput):
+    r"""Data → noise through the stack.
 
-    u: torch.Tensor
-    log_dets: torch.Tensor
-    layer_inputs: list[torch.Tensor]
+    Args:
+        u (`(batch, length, latent_dim)`): h^(L) (None with `output_u=False`).
+        log_det (`(batch,)`): Σ_ℓ log|det J_ℓ| (None with `output_u=False`).
+        log_prob (`(batch,)`): log p(z) = log N(u; 0, I) + Σ_ℓ log|det J_ℓ| (Eq. 1–2); with `output_u=False`,
+            Σ_{ℓ<L} log|det J_ℓ| + log p^(L)(h^(L−1)), the same density without u (Eq. 9).
+        layer_log_dets (`(batch, num_layers)`): log|det J_ℓ| of every layer run (None with `output_u=False`).
+        hidden_states (`tuple`): the levels [h^(0) = z, .., h^(L) = u] computed (without u when not computed).
+    With a `FlowPrompt` every field covers the continuation only.
+    """
+
+    u: torch.FloatTensor | None = None
+    log_det: torch.FloatTensor | None = None
+    log_prob: torch.FloatTensor | None = None
+    layer_log_dets: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class FlowInversion(ModelOutput):
+    r"""Noise → data through the stack.
+
+    Args:
+        z (`(batch, length, latent_dim)`): h^(0).
+        hidden_states (`tuple`): the latent after every inverse layer, [h^(L) = u, .., h^(0) = z].
+        root_iterations (`list[int]`): root-finder iterations of each inverse layer's slowest entry (layer L first).
+        fixed_point_iterations (`tuple[list[int], ...]`): Jacobi iterations per block, per layer (layer L first;
+            empty lists for sequential inversion).
+    """
+
+    z: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    root_iterations: list[int] | None = None
+    fixed_point_iterations: tuple[list[int], ...] | None = None
 
 
 class FlowStack(nn.Module):
-    r"""The prior p(z) as L stacked flows: h^(0) = z, h^(ℓ) = f^(ℓ)(mix(h^(ℓ−1))), u = h^(L) ~ N(0, I), with
-    ChannelMix between consecutive layers and
+    r"""The prior p(z) as L stacked flows: h^(0) = z, h^(ℓ) = f^(ℓ)(h^(ℓ−1)), u = h^(L) ~ N(0, I), and
 
-        log p(z) = log N(u; 0, I) + Σ_ℓ log|det J_{f^(ℓ)}|     (Eq. 1–2).
+        log p(z) = log N(u; 0, I) + Σ_ℓ log|det J_{f^(ℓ)}|     (Eq. 1–2, §3.3).
     """
 
     def __init__(self, config, codebook: GaussianCodebook | None = None):
         super().__init__()
         self.patch_size, self.latent_dim = config.patch_size, config.latent_dim
         self.max_length = config.max_position_embeddings
-        self.layers = nn.ModuleList(AutoregressiveFlow(config, layer, codebook) for layer in config.flow_layers)
-        self.channel_mix = ChannelMix() if config.channel_mixing else None
+        self.root = RootFinding.for_model(config)
+        self.layers = nn.ModuleList(build_layer(config, index, layer, codebook)
+                                    for index, layer in enumerate(config.flow_layers))
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Data → noise through every layer: z (B, T, d) → (u (B, T, d), log_det (B,))."""
-        self._check_latents(z, "z", check_finite=True)
-        u, layer_log_dets, _ = self.forward_layers(z)
-        return u, layer_log_dets.sum(-1)
+    def forward(self, z: torch.Tensor, num_layers: int | None = None, num_frozen: int = 0,
+                prompt: FlowPrompt | None = None, output_u: bool = True, check_finite: bool = True) -> FlowOutput:
+        """Data → noise: z (B, T, d) through the first `num_layers` layers (all for None) → `FlowOutput`.
 
-    def forward_layers(self, z: torch.Tensor, num_layers: int | None = None, num_frozen: int = 0
-                       ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """(u, per-layer log-determinants (B, L), hidden states [h^(0) .. h^(L)] each (B, T, d)).
-
-        Progressive training (§5): `num_layers` runs only the first layers (later stages' layers are absent), and
-        the first `num_frozen` layers run under `no_grad` (their outputs are fixed inputs of the trained layers).
+        Progressive training (§3.3): later stages' layers are absent (`num_layers`), and the first `num_frozen`
+        layers run under `no_grad` (their outputs are fixed inputs of the trained layers). `prompt`: z is a
+        continuation and each layer reads its level of the prompt first — the *clamped* forward, whose inverse is
+        `inverse` with the same prompt. `output_u=False`: log p(z) without computing u (`FlowOutput.log_prob`); for
+        a Mix-d last layer that is a V-way logsumexp instead of the Rosenblatt transform. `check_finite`: also
+        refuse NaN or infinite latents (a device sync; the model skips it for its own samples).
         """
-        self._check_latents(z, "z")
-        _, log_dets, outputs = self._run(self._patchify(z), self._active(num_layers), num_frozen)
-        hidden_states = [z] + [self._unpatchify(h) for h in outputs]
-        return hidden_states[-1], torch.stack(log_dets, dim=-1), hidden_states
-
-    def log_prob(self, z: torch.Tensor, num_layers: int | None = None, num_frozen: int = 0) -> torch.Tensor:
-        r"""log p(z) (B,) under the first `num_layers` layers (as `forward_layers`), without computing u:
-
-            log p(z) = Σ_{ℓ<L} log|det J_ℓ| + log p^(L)(h^(L−1) | C^(L)),
-
-        since the last layer's log N(u; 0, I) + log|det J_L| is its own density of its input (Eq. 9). For a Mix-d
-        last layer (progressive stage 1) that density is a V-way logsumexp, with no Rosenblatt transform."""
-        self._check_latents(z, "z")
-        layers = self._active(num_layers)
-        h, log_dets, _ = self._run(self._patchify(z), layers[:-1], num_frozen)
-        last = len(layers) - 1
-        with torch.set_grad_enabled(torch.is_grad_enabled() and last >= num_frozen):
-            log_p = layers[-1].log_density(self._mixed(h, last))
-        return log_p + sum(log_dets)
-
-    def _active(self, num_layers: int | None) -> nn.ModuleList:
-        return self.layers[:num_layers] if num_layers is not None else self.layers
-
-    def _mixed(self, h: torch.Tensor, index: int) -> torch.Tensor:
-        """The input of layer `index` from the output of the layer before it (ChannelMix between layers)."""
-        return self.channel_mix(h) if index > 0 and self.channel_mix is not None else h
-
-    def _run(self, h: torch.Tensor, layers, num_frozen: int) -> tuple[torch.Tensor, list, list]:
-        """h through `layers` (the first ones of the stack): (output patches, log-determinants, each layer's
-        output patches); the first `num_frozen` under `no_grad`."""
-        log_dets, outputs = [], []
-        for index, layer in enumerate(layers):
-            with torch.set_grad_enabled(torch.is_grad_enabled() and index >= num_frozen):
-                h, log_det = layer(self._mixed(h, index))
+        self._check_latents(z, "z", 0 if prompt is None else prompt.length, check_finite)
+        layers = self.layers[:num_layers] if num_layers is not None else self.layers
+        h, levels, log_dets = self._patchify(z), [z], []
+        for index, layer in enumerate(layers if output_u else layers[:-1]):
+            with _trained_if(index >= num_frozen):
+                h, log_det = layer(h, self._prompt_level(prompt, index))
+            levels.append(self._unpatchify(h))
             log_dets.append(log_det)
-            outputs.append(h)
-        return h, log_dets, outputs
-
-    def forward_by_patch(self, z: torch.Tensor, prefix_inputs: list[torch.Tensor] | None = None) -> LayerwiseForward:
-        """Data → noise keeping every layer's input and per-patch log-determinant (for densities of parts of a
-        sequence). With `prefix_inputs` (each layer's input over Np prompt patches), z (B, T, d) is a continuation:
-        each layer reads the given prefix before it — the *clamped* forward whose inverse is `inverse_with_details`
-        with the same prefix — and returns u and log-determinants of the continuation only."""
-        h, inputs, log_dets = self._patchify(z), [], []
-        for index, layer in enumerate(self.layers):
-            h = self._mixed(h, index)
-            x = h if prefix_inputs is None else torch.cat([prefix_inputs[index], h], dim=1)
-            out, log_det = layer.forward_per_patch(x)
-            known = x.shape[1] - h.shape[1]
-            inputs.append(x)
-            h = out[:, known:]
-            log_dets.append(log_det[:, known:])
-        return LayerwiseForward(self._unpatchify(h), torch.stack(log_dets, dim=1), inputs)
-
-    def inverse(self, u: torch.Tensor, decoding: SequentialDecoding | JacobiDecoding = SEQUENTIAL) -> torch.Tensor:
-        """Noise → data: u (B, T, d) → z (B, T, d), inverting the layers from L down to 1."""
-        return self.inverse_with_details(u, decoding=decoding).z
+        if not output_u:
+            with _trained_if(len(layers) - 1 >= num_frozen):
+                log_p = layers[-1].log_density(h)
+            return FlowOutput(log_prob=log_p + sum(log_dets), hidden_states=tuple(levels))
+        layer_log_dets = torch.stack(log_dets, dim=-1)
+        log_prob = normal_log_prob(levels[-1]).sum((1, 2)) + layer_log_dets.sum(-1)
+        return FlowOutput(u=levels[-1], log_det=layer_log_dets.sum(-1), log_prob=log_prob,
+                          layer_log_dets=layer_log_dets, hidden_states=tuple(levels))
 
     @torch.no_grad()
-    def inverse_with_details(self, u: torch.Tensor, prefix_inputs: list[torch.Tensor] | None = None,
-                             decoding: SequentialDecoding | JacobiDecoding = SEQUENTIAL) -> FlowInversion:
-        """`inverse`, also returning every intermediate latent (the paper's intermediate decoding, App. G) and the
-        iteration counts per layer.
+    def inverse(self, u: torch.Tensor, prompt: FlowPrompt | None = None,
+                inversion: Inversion | None = None) -> FlowInversion:
+        """Noise → data: u (B, T, d) → `FlowInversion` with z (B, T, d), inverting the layers from L down to 1.
 
-        `prefix_inputs`: each layer's input over Np prompt patches that precede u (`forward_by_patch(...)
-        .layer_inputs` sliced to the prompt); u is then the continuation's noise, each left-to-right layer
-        conditions on its prefix, and the result holds the continuation only (see `prompting.py`).
-        `decoding`: `SequentialDecoding` (exact, the default) or `JacobiDecoding` (parallel fixed point).
+        `prompt`: u is the noise of a continuation after the prompt; each layer's inverse conditions on its level of
+        the prompt (those whose order keeps it first), and the result covers the continuation only (see
+        `prompting.py`). `inversion`: `SequentialInversion` (exact; the default, with the root finder's settings of
+        `RootFinding.for_model`) or `JacobiInversion` (parallel fixed point).
         """
-        self._check_latents(u, "u", check_finite=True)
-        prefix_length = 0 if prefix_inputs is None else prefix_inputs[0].shape[1] * self.patch_size
-        if u.shape[1] + prefix_length > self.max_length:
-            raise ValueError(f"prompt ({prefix_length}) + continuation ({u.shape[1]}) tokens exceed "
-                             f"max_position_embeddings {self.max_length}")
-        h, hidden_states, iterations, fixed_point = self._patchify(u), [u], [], []
+        self._check_latents(u, "u", 0 if prompt is None else prompt.length, check_finite=True)
+        inversion = inversion if inversion is not None else SequentialInversion(root=self.root)
+        h, levels, root_iterations, fixed_point = self._patchify(u), [u], [], []
         for index in reversed(range(len(self.layers))):
-            prefix = None if prefix_inputs is None else prefix_inputs[index]
-            h, used, blocks = self.layers[index].inverse(h, prefix, decoding)
-            iterations.append(used)
-            fixed_point.append(blocks)
-            if index > 0 and self.channel_mix is not None:
-                h = self.channel_mix.unmix(h)
-            hidden_states.append(self._unpatchify(h))
-        return FlowInversion(hidden_states[-1], hidden_states, iterations, tuple(fixed_point))
+            step = self.layers[index].inverse(h, self._prompt_level(prompt, index), inversion)
+            h = step.h
+            levels.append(self._unpatchify(h))
+            root_iterations.append(step.root_iterations)
+            fixed_point.append(step.fixed_point_iterations)
+        return FlowInversion(z=levels[-1], hidden_states=tuple(levels), root_iterations=root_iterations,
+                             fixed_point_iterations=tuple(fixed_point))
 
     @property
     def has_right_to_left(self) -> bool:
-        """Whether any layer runs right to left (then a prompt cannot simply be clamped: see `prompting.py`)."""
-        return any(layer.reverse for layer in self.layers)
+        """Whether any layer reads right to left (then a prompt cannot simply be clamped: see `prompting.py`)."""
+        return any(not layer.order.keeps_prefix_first for layer in self.layers)
+
+    def _prompt_level(self, prompt: FlowPrompt | None, index: int) -> torch.Tensor | None:
+        return None if prompt is None else self._patchify(prompt.levels[index])
 
     def _patchify(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], x.shape[1] // self.patch_size, self.patch_size * self.latent_dim)
@@ -227,7 +255,7 @@ class FlowStack(nn.Module):
     def _unpatchify(self, h: torch.Tensor) -> torch.Tensor:
         return h.reshape(h.shape[0], h.shape[1] * self.patch_size, self.latent_dim)
 
-    def _check_latents(self, x: torch.Tensor, name: str, check_finite: bool = False) -> None:
+    def _check_latents(self, x: torch.Tensor, name: str, prompt_length: int, check_finite: bool) -> None:
         if not torch.is_tensor(x):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
@@ -240,8 +268,17 @@ class FlowStack(nn.Module):
             raise ValueError(f"{name} length {x.shape[1]} is not divisible by patch_size {self.patch_size}")
         if x.shape[1] > self.max_length:
             raise ValueError(f"{name} length {x.shape[1]} exceeds max_position_embeddings {self.max_length}")
+        if x.shape[1] + prompt_length > self.max_length:
+            raise ValueError(f"prompt ({prompt_length}) + continuation ({x.shape[1]}) tokens exceed "
+                             f"max_position_embeddings {self.max_length}")
         if check_finite and not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} contains NaN or infinite values")
 
 
-__all__ = ["ChannelMix", "AutoregressiveFlow", "FlowInversion", "LayerwiseForward", "FlowStack"]
+def _trained_if(trained: bool):
+    """Gradients on for a trained layer (when they are on at all), off for a frozen one."""
+    return torch.set_grad_enabled(torch.is_grad_enabled() and trained)
+
+
+__all__ = ["Permutation", "PatchReversal", "ChannelMix", "AutoregressiveFlow", "build_layer", "FlowPrompt",
+           "FlowOutput", "FlowInversion", "FlowStack"]

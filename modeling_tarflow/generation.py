@@ -1,9 +1,9 @@
-"""Sampling from TarFlowLM: u ~ N(0, τ²I) → inverse flows (patch by patch, KV-cached, or Jacobi) → tied decoder,
-optionally continuing a prompt (`prompting.py`)."""
+"""Sampling from TarFlowLM (Fig. 1, blue arrow): u ~ N(0, τ²I) → the inverse flows z = f⁻¹(u) (§3.3; patch by
+patch, KV-cached, or Jacobi: `inversion.py`) → x_t ~ p(x_t | z_t), the tied decoder (§3.1; `token_draw.py`),
+optionally continuing a prompt (`prompting.py`). `TarFlowGenerationConfig` holds every sampling setting."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -11,11 +11,13 @@ import torch
 from transformers import GenerationConfig
 from transformers.utils import ModelOutput
 
-from .decoding import JacobiDecoding, SequentialDecoding
 from .flow import FlowInversion
+from .inversion import JacobiInversion, SequentialInversion
+from .precision import working_dtype
 from .prompting import PromptedSample, sample_continuation
-from .token_draw import decode_tokens, draw_tokens
-from .validation import as_token_ids, check_length, check_noise, check_unpadded, is_integer
+from .root_finding import RootFinding
+from .token_draw import draw_tokens
+from .input_checks import as_token_ids, check_length, check_noise, check_unpadded, is_integer
 
 DECODINGS = ("auto", "sequential", "jacobi")
 
@@ -63,7 +65,7 @@ class TarFlowGenerationConfig(GenerationConfig):
         use_cache (`bool`): sequential decoding keeps each layer's keys and values in a preallocated KV cache
             (default); False recomputes the transformer over all earlier patches (slow; a reference).
         decoding (`str`): `"sequential"` (the exact inverse), `"jacobi"` (parallel fixed-point iteration per block
-            of patches, stopping at `jacobi_tolerance`; see `decoding.JacobiDecoding`) or `"auto"` (default): Jacobi
+            of patches, stopping at `jacobi_tolerance`; see `inversion.JacobiInversion`) or `"auto"` (default): Jacobi
             when at most `jacobi_max_batch_size` sequences are sampled at once — where per-step overhead dominates
             and Jacobi is the faster — and sequential otherwise, where the transformer's arithmetic dominates and
             Jacobi's extra work per patch makes it the slower (docs/generation.md has the measurements).
@@ -77,6 +79,9 @@ class TarFlowGenerationConfig(GenerationConfig):
             the iteration exact), jacobi_tolerance (`float`: max change of a latent between iterations),
             jacobi_fallback_fraction (`float`: a layer whose block needs more iterations than this fraction of its
             size finishes patch by patch).
+        root_tolerance (`float`, *optional*), root_max_iterations (`int`, *optional*): the stopping rule of the
+            inverse-CDF root finder of the mixture layers (|Φ⁻¹(F(z)) − u| in probit units, and its iteration cap).
+            Unset: the values an older config.json carries, else 1e-6 and 100 (`RootFinding.for_model`).
         prompt_proposals (`int`), prompt_mcmc_steps (`int`): with a prompt and right-to-left layers, the
             candidates of the importance-resampled start (drawn in parallel) and the Metropolis–Hastings moves after
             it (each one more sequential inversion); see `prompting.py`. Unused otherwise.
@@ -89,29 +94,24 @@ class TarFlowGenerationConfig(GenerationConfig):
     the reason when set; `bos_token_id` is accepted and unused (sampling without a prompt needs no start token).
     """
 
+    # TarFlowLM's own fields and their defaults, set before `GenerationConfig.__init__` (which validates).
+    own_defaults = {
+        "noise_temperature": None, "seed": None, "decoding": "auto", "jacobi_max_batch_size": 1,
+        "compile_backend": None, "jacobi_block_size": 32, "jacobi_max_iterations": None, "jacobi_tolerance": 1e-4,
+        "jacobi_fallback_fraction": 0.5, "root_tolerance": None, "root_max_iterations": None,
+        "prompt_proposals": 8, "prompt_mcmc_steps": 4,
+    }
+
     def __init__(self, **kwargs):
-        kwargs.setdefault("do_sample", True)
-        kwargs.setdefault("use_cache", True)
-        self.noise_temperature = kwargs.pop("noise_temperature", None)
-        self.seed = kwargs.pop("seed", None)
-        self.decoding = kwargs.pop("decoding", "auto")
-        self.jacobi_max_batch_size = kwargs.pop("jacobi_max_batch_size", 1)
-        self.compile_backend = kwargs.pop("compile_backend", None)
-        self.jacobi_block_size = kwargs.pop("jacobi_block_size", 32)
-        self.jacobi_max_iterations = kwargs.pop("jacobi_max_iterations", None)
-        self.jacobi_tolerance = kwargs.pop("jacobi_tolerance", 1e-4)
-        self.jacobi_fallback_fraction = kwargs.pop("jacobi_fallback_fraction", 0.5)
-        self.prompt_proposals = kwargs.pop("prompt_proposals", 8)
-        self.prompt_mcmc_steps = kwargs.pop("prompt_mcmc_steps", 4)
-        super().__init__(**kwargs)
+        for name, default in self.own_defaults.items():
+            setattr(self, name, kwargs.pop(name, default))
+        super().__init__(**{"do_sample": True, "use_cache": True, **kwargs})
 
     def validate(self, strict=False, **kwargs):
+        """Every field this sampler honours is checked here, and every other field is refused unless it holds its
+        "off" value; `GenerationConfig.validate` is not called, since its rules are those of a token-by-token
+        sampler (an argmax final draw cannot return several sequences; temperature acts on logits only)."""
         self._check_counts_and_scales()
-        # Every draw of u gives a different sequence, so several return sequences are meaningful with an argmax
-        # final decode too; temperature also scales the base noise; hidden states alone already ask for an output
-        # object: hide the three from the base class's checks, which assume an autoregressive token sampler.
-        with _hidden(self, "num_return_sequences", "temperature", "output_hidden_states"):
-            super().validate(strict, **kwargs)
         self._check_unsupported_fields()
         if self.decoding not in DECODINGS:
             raise ValueError(f"decoding must be one of {DECODINGS}, got {self.decoding!r}")
@@ -127,7 +127,7 @@ class TarFlowGenerationConfig(GenerationConfig):
         for name, least in (("max_new_tokens", 1), ("max_length", 1), ("min_new_tokens", 0), ("min_length", 0),
                             ("num_return_sequences", 1), ("top_k", 0), ("jacobi_block_size", 1),
                             ("jacobi_max_iterations", 1), ("jacobi_max_batch_size", 0), ("prompt_proposals", 1),
-                            ("prompt_mcmc_steps", 0)):
+                            ("prompt_mcmc_steps", 0), ("root_max_iterations", 1)):
             value = getattr(self, name)
             if value is not None and (not is_integer(value) or value < least):
                 raise ValueError(f"{name} must be an integer ≥ {least}, got {value!r}")
@@ -137,7 +137,8 @@ class TarFlowGenerationConfig(GenerationConfig):
                 ("temperature", lambda t: t >= 0, "≥ 0 (0 is the argmax; unless noise_temperature is set it also "
                                                   "scales the base noise u)"),
                 ("noise_temperature", lambda t: t >= 0, "≥ 0 (it scales the base noise u; 0 is the mode map)"),
-                ("top_p", lambda p: 0 < p <= 1, "in (0, 1]"), ("min_p", lambda p: 0 <= p <= 1, "in [0, 1]")):
+                ("top_p", lambda p: 0 < p <= 1, "in (0, 1]"), ("min_p", lambda p: 0 <= p <= 1, "in [0, 1]"),
+                ("root_tolerance", lambda t: t > 0, "> 0")):
             value = getattr(self, name)
             if value is not None and not (_is_real(value) and valid(value)):
                 raise ValueError(f"{name} must be {allowed}, got {value!r}")
@@ -167,28 +168,19 @@ class TarFlowGenerationConfig(GenerationConfig):
             return self.decoding
         return "jacobi" if batch_size <= self.jacobi_max_batch_size else "sequential"
 
-    def layer_decoding(self, batch_size: int = 1) -> SequentialDecoding | JacobiDecoding:
-        """The strategy that inverts each flow layer over its patches, for `batch_size` sequences at once."""
+    def layer_inversion(self, batch_size: int = 1, model_config=None) -> SequentialInversion | JacobiInversion:
+        """The strategy that inverts each flow layer over its patches, for `batch_size` sequences at once, with the
+        root finder's settings (unset ones from `model_config`, see `RootFinding.for_model`)."""
+        fallback = RootFinding.for_model(model_config)
+        root = RootFinding(self.root_tolerance or fallback.tolerance, self.root_max_iterations or fallback.max_iterations)
         if self.resolved_decoding(batch_size) == "jacobi":
-            return JacobiDecoding(self.jacobi_block_size, self.jacobi_max_iterations, self.jacobi_tolerance,
-                                  self.jacobi_fallback_fraction, self.compile_backend)
-        return SequentialDecoding(use_cache=self.use_cache is not False, compile_backend=self.compile_backend)
+            return JacobiInversion(self.jacobi_block_size, self.jacobi_max_iterations, self.jacobi_tolerance,
+                                   self.jacobi_fallback_fraction, self.compile_backend, root)
+        return SequentialInversion(self.use_cache is not False, self.compile_backend, root)
 
 
 def _is_real(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-@contextlib.contextmanager
-def _hidden(config: GenerationConfig, *names: str):
-    saved = {name: getattr(config, name) for name in names}
-    try:
-        for name in names:
-            setattr(config, name, None)
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(config, name, value)
 
 
 @dataclass
@@ -200,7 +192,7 @@ class TarFlowGenerateOutput(ModelOutput):
             exactly, then the sampled tokens.
         hidden_states (`tuple`, *optional*): with `output_hidden_states`, the latent after every inverse flow layer,
             [h^(L) = u, h^(L−1), .., h^(0) = z], each `(batch, length, latent_dim)` (the paper's intermediate
-            decoding, App. G; see `inspection.py`). With a prompt they cover the whole sequence, from a forward pass
+            decoding, App. G; see `evaluation/inspection.py`). With a prompt they cover the whole sequence, from a forward pass
             of the final z.
         root_iterations (`list[int]`): root-finder iterations of each inverse layer's slowest entry (layer L first).
         fixed_point_iterations (`tuple[list[int], ...]`): Jacobi iterations per block, per layer (layer L first).
@@ -246,13 +238,14 @@ def generate_tokens(model, input_ids: torch.LongTensor | None, config: TarFlowGe
 def _sample_latents(model, prompt: torch.Tensor | None, u: torch.Tensor, config: TarFlowGenerationConfig,
                     generator) -> tuple[torch.Tensor, FlowInversion, list | None, PromptedSample | None]:
     """(z of the new positions, the inversion, the levels [u .. z] if asked for, the prompted sample if any)."""
+    inversion = config.layer_inversion(len(u), model.config)
     if prompt is None:
-        inversion = model.flow.inverse_with_details(u, decoding=config.layer_decoding(len(u)))
-        return inversion.z, inversion, inversion.hidden_states if config.output_hidden_states else None, None
+        inverted = model.flow.inverse(u, inversion=inversion)
+        return inverted.z, inverted, inverted.hidden_states if config.output_hidden_states else None, None
     prompt_z = model.codebook.sample(prompt, _standard_normal(prompt.shape + (model.config.latent_dim,), u, generator))
-    sample = sample_continuation(model.flow, prompt_z.to(u.dtype), u, config.layer_decoding(len(u)),
-                                 config.base_noise_scale, config.prompt_proposals, config.prompt_mcmc_steps, generator)
-    hidden_states = model.flow.forward_layers(sample.z)[2][::-1] if config.output_hidden_states else None
+    sample = sample_continuation(model.flow, prompt_z.to(u.dtype), u, inversion, config.base_noise_scale,
+                                 config.prompt_proposals, config.prompt_mcmc_steps, generator)
+    hidden_states = model.flow(sample.z, check_finite=False).hidden_states[::-1] if config.output_hidden_states else None
     return sample.z[:, prompt.shape[1]:], sample.inversion, hidden_states, sample
 
 
@@ -260,7 +253,7 @@ def _output(sequences, decoding: str, inversion: FlowInversion, hidden_states, s
             ) -> TarFlowGenerateOutput:
     return TarFlowGenerateOutput(
         sequences=sequences, decoding=decoding, hidden_states=None if hidden_states is None else tuple(hidden_states),
-        root_iterations=list(inversion.iterations), fixed_point_iterations=inversion.fixed_point_iterations,
+        root_iterations=list(inversion.root_iterations), fixed_point_iterations=inversion.fixed_point_iterations,
         prompt_effective_sample_size=None if sample is None else sample.effective_sample_size,
         prompt_acceptance=None if sample is None else sample.acceptance)
 
@@ -317,16 +310,16 @@ def _min_new_token_count(config: TarFlowGenerationConfig, prompt_length: int, le
 
 def _base_noise(noise: torch.Tensor | None, shape: tuple, model, generator) -> torch.Tensor:
     """u ~ N(0, I) of `shape` in the sampling dtype (≥ float32), or the caller's `noise` after checks."""
-    dtype = torch.promote_types(model.dtype, torch.float32)
+    dtype = working_dtype(model.dtype)
     if noise is None:
         return torch.randn(shape, device=model.device, dtype=dtype, generator=generator)
     check_noise(noise, shape, "(batch · num_return_sequences, max_new_tokens, latent_dim)")
-    return noise.to(device=model.device, dtype=torch.promote_types(noise.dtype, dtype))
+    return noise.to(device=model.device, dtype=working_dtype(noise, dtype))
 
 
 def _standard_normal(shape: tuple, like: torch.Tensor, generator) -> torch.Tensor:
     return torch.randn(shape, device=like.device, dtype=like.dtype, generator=generator)
 
 
-__all__ = ["TarFlowGenerationConfig", "TarFlowGenerateOutput", "generate_tokens", "decode_tokens", "DECODINGS",
+__all__ = ["TarFlowGenerationConfig", "TarFlowGenerateOutput", "generate_tokens", "DECODINGS",
            "HONOURED_FIELDS"]

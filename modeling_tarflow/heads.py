@@ -1,5 +1,6 @@
-"""Parameter heads: map transformer features f_t (and, autoregressively, the patch's own channels) to the
-per-channel parameters of a coupling. Both heads return (..., c, n): n parameters for each of the c channels."""
+"""Parameter heads θ: map transformer features f_t of the context C_t (and, dimension-wise autoregressively,
+§3.2.1, the patch's own channels h_{t,<i}) to the per-channel parameters of a coupling (π, m, s of a mixture, or the
+affine a, b). Both heads return (..., c, n): n parameters for each of the c channels."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ class LinearHead(nn.Module):
 
 
 class MaskedAutoregressiveHead(nn.Module):
-    r"""The MAF-MLP of CategoricalNF / TarFlowLM App. H: θ_{t,i} = g(f_t, h_{t,<i}), dimension-wise autoregressive.
+    r"""The MAF-MLP head (MAF [50] as in CNF [41], §4 "Model Configurations"): θ_{t,i} = g(f_t, h_{t,<i}), the
+    dimension-wise autoregressive parameters of §3.2.1.
 
     Each channel value h_j is featurised as [h_j, elu(h_j), elu(−h_j)] and embedded to E units (block-diagonal);
     hidden block i (D/2 units) reads f_t and the embeddings of channels j < i (a masked linear layer); a

@@ -1,4 +1,5 @@
-"""One-dimensional Gaussian mixtures in log space: density, CDF, the probit flow u = Φ⁻¹(F(z)) and its inverse.
+"""One-dimensional Gaussian mixtures in log space: the density p_mix1 (§3.2.1, Eq. 5), its CDF F_mix, the
+Mixture-CDF flow u = Φ⁻¹(F_mix(z)) (Prop. 1, App. A) and its inverse z = F_mix⁻¹(Φ(u)) (Table 1).
 
 A 1-D mixture over the last axis of its parameters (K components) is given by
 `log_w` (normalised log weights), `mean` and `log_scale`, each of shape (..., K); `z` and `u` have shape (...).
@@ -16,14 +17,6 @@ from torch.special import log_ndtr, ndtri
 from .root_finding import RootFindResult, solve_increasing
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-
-
-def mixture_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """The dtype mixture math runs in: at least float32 (bf16/fp16 network outputs are upcast), float64 if given."""
-    dtype = torch.float32
-    for tensor in tensors:
-        dtype = torch.promote_types(dtype, tensor.dtype)
-    return dtype
 
 
 def normal_log_prob(x: torch.Tensor, mean: torch.Tensor | float = 0.0,
@@ -88,7 +81,7 @@ def probit_from_log_cdf(log_cdf: torch.Tensor, log_sf: torch.Tensor) -> torch.Te
 
 def mixture_cdf_transform(z: torch.Tensor, log_w: torch.Tensor, mean: torch.Tensor,
                           log_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Mixture-CDF flow (§3.2.1, Prop. 1), elementwise over `z`:
+    """The Mixture-CDF flow (§3.2.1, Prop. 1, Table 1), elementwise over `z`:
 
         u = Φ⁻¹(F_mix(z)),   log|du/dz| = log p_mix(z) − log N(u; 0, 1).
     """
@@ -180,7 +173,6 @@ def _staircase_quantile(log_target: torch.Tensor, mirror: torch.Tensor, weight: 
 
 
 __all__ = [
-    "mixture_dtype",
     "normal_log_prob",
     "mixture_log_prob",
     "mixture_log_cdf",

@@ -1,4 +1,5 @@
-"""TarFlowLM as `transformers` models: the pretrained base class, the NELBO output, and the flow language model."""
+"""TarFlowLM as `transformers` models: the pretrained base class, the NELBO output (Eq. 3, per token Eq. 9), and
+the flow language model — codebook encoder/decoder (§3.1) around the flow prior (§3.3)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,8 @@ from .configuration_tarflow import TarFlowConfig
 from .flow import FlowStack
 from .generation import TarFlowGenerateOutput, TarFlowGenerationConfig, generate_tokens
 from .heads import LinearHead, MaskedAutoregressiveHead
-from .mixtures import normal_log_prob
 from .transformer import CausalConditioner
-from .validation import as_token_ids, check_layer_counts, check_noise, check_unpadded
+from .input_checks import as_token_ids, check_layer_counts, check_noise, check_unpadded
 
 try:  # transformers ≥ 5: init functions that skip weights already loaded from a checkpoint
     from transformers import initialization as init
@@ -137,7 +137,8 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
     r"""TarFlowLM: tokens → Gaussian codebook latents z → stacked transformer autoregressive flows → u ~ N(0, I),
     with the tied Bayes decoder p(x|z) (Zhang et al., 2025).
 
-    `forward` returns the NELBO; `encode`/`decode` are the codebook's two directions; `flow` maps z ↔ u;
+    `forward` returns the NELBO; `encode`/`decode` are the codebook's two directions (decode: the logits of
+    p(x|z)); `flow` maps z → u (`flow(z)`) and u → z (`flow.inverse(u)`);
     `generate` samples u ~ N(0, τ²I), inverts the flows patch by patch and decodes. Registered for `AutoModel` and
     `AutoModelForCausalLM` (the class `pipeline("text-generation")` loads); it is not a next-token model, so
     `forward` returns the NELBO, not logits.
@@ -145,7 +146,8 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
 
     def __init__(self, config: TarFlowConfig):
         super().__init__(config)
-        self.codebook = GaussianCodebook(config.vocab_size, config.latent_dim)
+        self.codebook = GaussianCodebook(config.vocab_size, config.latent_dim,
+                                         config.codebook_direct_distance_max_entries)
         self.flow = FlowStack(config, codebook=self.codebook)
         self.post_init()
         # Stated rather than left unset, so that `pipeline("text-generation")` samples as `generate()` does (it fills
@@ -199,17 +201,13 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         with torch.set_grad_enabled(torch.is_grad_enabled() and num_frozen_flow_layers == 0):
             z, log_p_x_given_z, log_q_z = self._encode_and_decode(input_ids, noise)
-        if output_u or output_hidden_states:
-            u, flow_log_dets, hidden_states = self.flow.forward_layers(z, num_flow_layers, num_frozen_flow_layers)
-            log_p_z = normal_log_prob(u).sum((1, 2)) + flow_log_dets.sum(-1)
-        else:
-            u = flow_log_dets = hidden_states = None
-            log_p_z = self.flow.log_prob(z, num_flow_layers, num_frozen_flow_layers)
-        nelbo = -(log_p_x_given_z + log_p_z - log_q_z)
+        prior = self.flow(z, num_flow_layers, num_frozen_flow_layers, output_u=output_u or bool(output_hidden_states),
+                          check_finite=False)
+        nelbo = -(log_p_x_given_z + prior.log_prob - log_q_z)
         output = TarFlowOutput(
-            loss=nelbo.sum() / input_ids.numel(), nelbo=nelbo, log_p_x_given_z=log_p_x_given_z, log_p_z=log_p_z,
-            log_q_z=log_q_z, flow_log_dets=flow_log_dets, z=z, u=u,
-            hidden_states=tuple(hidden_states) if output_hidden_states else None)
+            loss=nelbo.sum() / input_ids.numel(), nelbo=nelbo, log_p_x_given_z=log_p_x_given_z,
+            log_p_z=prior.log_prob, log_q_z=log_q_z, flow_log_dets=prior.layer_log_dets, z=z, u=prior.u,
+            hidden_states=prior.hidden_states if output_hidden_states else None)
         return output if return_dict else output.to_tuple()
 
     def _encode_and_decode(self, input_ids: torch.Tensor, noise: torch.Tensor | None):

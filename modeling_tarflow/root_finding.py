@@ -1,8 +1,11 @@
 """A vectorised solver for many independent increasing 1-D equations g(z) = 0: Newton's method, with a safeguarded
-Newton–bisection fallback that always converges."""
+Newton–bisection fallback that always converges. It inverts the Mixture-CDF flows, z = F⁻¹(Φ(u)) (Table 1, App. A;
+per dimension of the Rosenblatt inverse, App. B), and its stopping rule (`RootFinding`) is a sampling setting.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -12,16 +15,30 @@ import torch
 NEWTON_ITERATIONS = 6
 
 
+@dataclass(frozen=True)
+class RootFinding:
+    """How the inverse CDFs are solved: `tolerance` in probit units |Φ⁻¹(F(z)) − u|, at most `max_iterations`
+    iterations; `fixed_iterations`: the branch-free mode (exactly that many Newton iterations, NaN where
+    unconverged), which `torch.compile` needs."""
+
+    tolerance: float = 1e-6
+    max_iterations: int = 100
+    fixed_iterations: int | None = None
+
+    @classmethod
+    def for_model(cls, model_config) -> "RootFinding":
+        """The defaults, or the `root_tolerance` / `root_max_iterations` an older config.json still carries (they
+        were model settings before they became sampling settings; such a model samples as it did)."""
+        default = cls()
+        return cls(getattr(model_config, "root_tolerance", None) or default.tolerance,
+                   getattr(model_config, "root_max_iterations", None) or default.max_iterations)
+
+
 class RootFindResult:
-    """Roots `z`, the iterations the slowest entry needed, and the residuals g at the last evaluation (their largest
-    magnitude, `max_residual`, is computed only when asked for: it costs a device sync)."""
+    """Roots `z`, the iterations the slowest entry needed, and the residuals g at the last evaluation."""
 
     def __init__(self, z: torch.Tensor, iterations: int, residual: torch.Tensor):
         self.z, self.iterations, self.residual = z, iterations, residual
-
-    @property
-    def max_residual(self) -> float:
-        return float(self.residual.abs().max()) if self.residual.numel() else 0.0
 
 
 class _Convergence:
@@ -137,4 +154,4 @@ def _closest_candidate(z: torch.Tensor, residual: torch.Tensor, step: torch.Tens
     return [x.gather(0, best).squeeze(0) for x in (z, residual, step)]
 
 
-__all__ = ["RootFindResult", "solve_increasing", "NEWTON_ITERATIONS"]
+__all__ = ["RootFinding", "RootFindResult", "solve_increasing", "NEWTON_ITERATIONS"]

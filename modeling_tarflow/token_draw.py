@@ -1,4 +1,4 @@
-"""The last step of sampling: token ids x_t from the tied decoder p(x_t | z_t) once the whole latent sequence z is
+"""The last step of sampling: token ids x_t drawn from the tied decoder p(x_t | z_t) (§3.1) once the whole latent sequence z is
 known, with the `transformers` controls that act on that draw (temperature, top-k, top-p, min-p, end of sequence).
 
 Every position's distribution is fixed by its own z_t, so each control acts position by position: temperature and
@@ -23,13 +23,13 @@ def draw_tokens(logits: torch.Tensor, config, min_new_tokens: int = 0,
         logits = logits.clone()
         logits[:, :min_new_tokens, eos_ids] = float("-inf")
     sampling = bool(config.do_sample) and config.temperature != 0
-    ids = decode_tokens(logits, sampling, generator, final_draw_warpers(config) if sampling else None)
+    ids = sample_ids(logits, sampling, generator, final_draw_warpers(config) if sampling else None)
     if not eos_ids:
         return ids
     return pad_after_end_of_sequence(ids, eos_ids, eos_ids[0] if config.pad_token_id is None else config.pad_token_id)
 
 
-def decode_tokens(logits: torch.Tensor, do_sample: bool, generator: torch.Generator | None = None,
+def sample_ids(logits: torch.Tensor, do_sample: bool, generator: torch.Generator | None = None,
                   warpers: LogitsProcessorList | None = None) -> torch.LongTensor:
     """x_t ~ softmax(warped logits_t) drawn in float64 (float32 draws truncate the tails and bias entropy), or the
     argmax."""
@@ -74,4 +74,4 @@ def pad_after_end_of_sequence(ids: torch.LongTensor, eos_ids: list[int], pad_id:
     return ids.masked_fill(after_first_eos, pad_id)
 
 
-__all__ = ["draw_tokens", "decode_tokens", "final_draw_warpers", "end_of_sequence_ids", "pad_after_end_of_sequence"]
+__all__ = ["draw_tokens", "sample_ids", "final_draw_warpers", "end_of_sequence_ids", "pad_after_end_of_sequence"]

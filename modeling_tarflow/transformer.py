@@ -1,4 +1,5 @@
-"""The causal transformer that conditions one flow layer, with SDPA attention and a preallocated KV cache."""
+"""The causal transformer θ(h_{<t}) that conditions one flow layer (the context C_t^(ℓ) of §3.2–3.3), with SDPA
+attention, a preallocated KV cache, and the prefill/step interface the layer's inverse runs on."""
 
 from __future__ import annotations
 
@@ -81,11 +82,32 @@ class TransformerBlock(nn.Module):
         return x + self.dropout(self.mlp(self.ln_mlp(x)))
 
 
+class ConditionerContext:
+    """What a conditioner has read while a layer is inverted: the patches before `position`, held as the keys and
+    values of a `KVCache` (or, without one, as the patches themselves, recomputed at every step), and the last of
+    them, `last` (B, 1, c), which the next position reads (None at position 0, which reads the start vector).
+    Made by `CausalConditioner.prefill`; advanced by `advance` once the patches at `position` are known."""
+
+    def __init__(self, cache: KVCache | None, known: list[torch.Tensor], last: torch.Tensor | None, position: int,
+                 unread: torch.Tensor):
+        self.cache, self.known, self.last, self.position = cache, known, last, position
+        self.unread = unread        # a placeholder for the patch a sequence's last position never reads
+        self.batch_size = unread.shape[0]
+
+    def advance(self, patches: torch.Tensor) -> None:
+        """Record the n patches (B, n, c) at [position, position + n)."""
+        self.last, self.position = patches[:, -1:], self.position + patches.shape[1]
+        if self.cache is None:
+            self.known.append(patches)
+
+
 class CausalConditioner(nn.Module):
-    r"""Features f_t of patch t computed from the preceding patches h_{<t} only (the context C_t of §3).
+    r"""Features f_t of patch t computed from the preceding patches h_{<t} only (the context C_t of §3.2).
 
     The input sequence is shifted right by one: position 0 reads a learned start vector (so the first patch has a
     learned, not fixed, distribution), position t reads proj_in(h_{t−1}); causal attention then gives f_t = f(h_{<t}).
+    For the inverse, `prefill` reads a known prefix into a `ConditionerContext` and `step` gives the features of the
+    next position(s) from it; the network runs in its own `dtype` (bf16 too) whatever the patches' dtype.
     """
 
     def __init__(self, in_channels: int, hidden_size: int, num_heads: int, intermediate_size: int,
@@ -100,29 +122,59 @@ class CausalConditioner(nn.Module):
             TransformerBlock(hidden_size, num_heads, intermediate_size, dropout, eps) for _ in range(num_layers))
         self.ln_f = nn.LayerNorm(hidden_size, eps=eps)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.proj_in.weight.dtype
+
     def forward(self, h: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """h: (B, N, c) patches in this layer's order → f: (B, N, D), f_t depending on h_{<t}."""
         x = self._embed(h[:, :-1])
         x = torch.cat([self.start.expand(h.shape[0], 1, -1).to(x.dtype), x], dim=1)
         return self._run(x, 0, cache)
 
-    def step(self, h_previous: torch.Tensor | None, position: int, cache: KVCache, batch_size: int) -> torch.Tensor:
-        """Features of the n positions [position, position + n) with the cache holding every earlier position:
-        (B, n, D). `h_previous` (B, n, c) holds the patches at [position − 1, position + n − 1), each position
-        reading the one before it; at position 0 its first row is unused (the learned start vector is read), and
-        None stands for a single position 0. Writes the n positions' keys and values into the cache.
-        """
+    def prefill(self, prefix: torch.Tensor | None, y: torch.Tensor, use_cache: bool = True) -> ConditionerContext:
+        """A context that has read the known patches `prefix` (B, Np, c) (None: none) and has room for the N patches
+        of `y` (B, N, c) that follow them: with `use_cache`, a `KVCache` of Np + N positions filled with the
+        prefix's keys and values; without, the prefix kept for recomputation."""
+        batch, known = y.shape[0], 0 if prefix is None else prefix.shape[1]
+        unread = y.new_zeros(batch, 1, y.shape[-1])
+        if not use_cache:
+            return ConditionerContext(None, [] if prefix is None else [prefix], None, known, unread)
+        head_dim = self.start.shape[0] // self.num_heads
+        cache = KVCache(len(self.blocks), batch, self.num_heads, known + y.shape[1], head_dim, y.device, self.dtype)
+        if not known:
+            return ConditionerContext(cache, [], None, 0, unread)
+        self(prefix.to(self.dtype), cache)
+        return ConditionerContext(cache, [], prefix[:, -1:], known, unread)
+
+    def step(self, context: ConditionerContext, block: torch.Tensor | None = None) -> torch.Tensor:
+        """Features (B, n, D) of the n positions from `context.position` on: one position (`block` None), or the n
+        positions of `block` (B, n, c), a guess of their patches (Jacobi iteration), of which position t reads the
+        one before it (the first reads `context.last`). Writes their keys and values into the cache; `advance` the
+        context once their patches are final."""
+        if context.cache is None:
+            sequence = torch.cat([*context.known, context.unread], dim=1).to(self.dtype)
+            return self(sequence)[:, -1:]
+        if block is not None:
+            first = context.last if context.last is not None else context.unread
+            return self._step(torch.cat([first, block[:, :-1]], dim=1).to(self.dtype), context)
+        return self._step(None if context.last is None else context.last.to(self.dtype), context)
+
+    def _step(self, h_previous: torch.Tensor | None, context: ConditionerContext) -> torch.Tensor:
+        """`h_previous` (B, n, c) holds the patches at [position − 1, position + n − 1); at position 0 its first row
+        is unused (the learned start vector is read), and None stands for a single position 0."""
+        position, batch_size = context.position, context.batch_size
         if h_previous is None:
             x = self.start.expand(batch_size, 1, -1)
         else:
             x = self._embed(h_previous)
             if position == 0:
                 x = torch.cat([self.start.expand(batch_size, 1, -1).to(x.dtype), x[:, 1:]], dim=1)
-        return self._run(x, position, cache)
+        return self._run(x, position, context.cache)
 
     def _embed(self, h: torch.Tensor) -> torch.Tensor:
         # Couplings return patches in float32 or wider (mixture math); the network runs in its own dtype (bf16 too).
-        return self.proj_in(h.to(self.proj_in.weight.dtype))
+        return self.proj_in(h.to(self.dtype))
 
     def _run(self, x: torch.Tensor, start: int, cache: KVCache | None) -> torch.Tensor:
         x = x + self.position[start:start + x.shape[1]].to(x.dtype)
@@ -130,9 +182,5 @@ class CausalConditioner(nn.Module):
             x = block(x, cache, layer, start)
         return self.ln_f(x)
 
-    def new_cache(self, batch_size: int, max_length: int, device: torch.device, dtype: torch.dtype) -> KVCache:
-        head_dim = self.start.shape[0] // self.num_heads
-        return KVCache(len(self.blocks), batch_size, self.num_heads, max_length, head_dim, device, dtype)
 
-
-__all__ = ["KVCache", "CausalSelfAttention", "MLP", "TransformerBlock", "CausalConditioner"]
+__all__ = ["KVCache", "CausalSelfAttention", "MLP", "TransformerBlock", "ConditionerContext", "CausalConditioner"]

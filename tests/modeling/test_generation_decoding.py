@@ -8,7 +8,7 @@ import torch
 from tests.helpers.modeling import randomize_, tiny_config
 
 from modeling_tarflow import TarFlowForCausalFlowLM
-from modeling_tarflow.decoding import JacobiDecoding, SequentialDecoding
+from modeling_tarflow.inversion import JacobiInversion, SequentialInversion
 from modeling_tarflow.mixtures import mixture_inverse_cdf, mixture_log_cdf
 from modeling_tarflow.root_finding import solve_increasing
 from modeling_tarflow.transformer import KVCache
@@ -32,11 +32,11 @@ def mixed_model(patch_size):
 def test_cached_and_uncached_sequential_decoding_agree(patch_size):
     model = mixed_model(patch_size)
     u = torch.randn(3, 16, 3)
-    cached = model.flow.inverse_with_details(u, decoding=SequentialDecoding(use_cache=True))
-    uncached = model.flow.inverse_with_details(u, decoding=SequentialDecoding(use_cache=False))
+    cached = model.flow.inverse(u, inversion=SequentialInversion(use_cache=True))
+    uncached = model.flow.inverse(u, inversion=SequentialInversion(use_cache=False))
     for a, b in zip(cached.hidden_states, uncached.hidden_states):
         assert torch.allclose(a, b, atol=1e-5, rtol=0)
-    assert cached.iterations == uncached.iterations
+    assert cached.root_iterations == uncached.root_iterations
     ids = [model.generate(max_new_tokens=16, num_return_sequences=3, seed=4, use_cache=flag) for flag in (True, False)]
     assert torch.equal(*ids)
 
@@ -57,9 +57,9 @@ def test_kv_cache_is_written_in_place_never_reallocated():
 def test_jacobi_with_a_full_budget_and_zero_tolerance_is_the_exact_inverse(patch_size):
     model = mixed_model(patch_size)
     u = torch.randn(2, 16, 3)
-    sequential = model.flow.inverse(u)
-    exact = JacobiDecoding(block_size=4, tolerance=0.0, fallback_fraction=1.0)
-    inversion = model.flow.inverse_with_details(u, decoding=exact)
+    sequential = model.flow.inverse(u).z
+    exact = JacobiInversion(block_size=4, tolerance=0.0, fallback_fraction=1.0)
+    inversion = model.flow.inverse(u, inversion=exact)
     assert torch.allclose(inversion.z, sequential, atol=1e-5, rtol=0)
     patches = 16 // patch_size
     assert all(counts == [4] * (patches // 4) for counts in inversion.fixed_point_iterations)
@@ -68,18 +68,18 @@ def test_jacobi_with_a_full_budget_and_zero_tolerance_is_the_exact_inverse(patch
 def test_jacobi_falls_back_to_patch_by_patch_where_blocks_do_not_contract():
     model = mixed_model(patch_size=1)
     u = torch.randn(2, 16, 3)
-    inversion = model.flow.inverse_with_details(u, decoding=JacobiDecoding(block_size=4, tolerance=0.0))
+    inversion = model.flow.inverse(u, inversion=JacobiInversion(block_size=4, tolerance=0.0))
     assert all(counts == [4, 12] for counts in inversion.fixed_point_iterations)
-    assert torch.allclose(inversion.z, model.flow.inverse(u), atol=1e-5, rtol=0)
+    assert torch.allclose(inversion.z, model.flow.inverse(u).z, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("block_size", [3, 8])
 def test_jacobi_converges_to_the_sequential_sample_within_tolerance(block_size):
     model = mixed_model(patch_size=1)
     u = torch.randn(4, 16, 3)
-    sequential = model.flow.inverse(u)
-    decoding = JacobiDecoding(block_size, tolerance=1e-6, fallback_fraction=1.0)
-    inversion = model.flow.inverse_with_details(u, decoding=decoding)
+    sequential = model.flow.inverse(u).z
+    jacobi = JacobiInversion(block_size, tolerance=1e-6, fallback_fraction=1.0)
+    inversion = model.flow.inverse(u, inversion=jacobi)
     assert (inversion.z - sequential).abs().max().item() < 1e-4
     assert all(1 <= count <= block_size for counts in inversion.fixed_point_iterations for count in counts)
     greedy = dict(max_new_tokens=16, num_return_sequences=4, seed=2, do_sample=False)

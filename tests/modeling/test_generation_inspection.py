@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from modeling_tarflow.inspection import decode_levels, edits_html, latent_metrics, level_names, write_flow_inspection
+from evaluation.inspection import decode_levels, edits_html, latent_metrics, level_names, write_flow_inspection
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -21,7 +21,7 @@ def test_hidden_states_run_from_the_scaled_noise_to_the_decoded_latent(model):
 def test_prompted_hidden_states_cover_prompt_and_continuation(model):
     out = model.generate(torch.tensor([[1, 2, 3, 4]]), max_new_tokens=6, seed=0, output_hidden_states=True)
     assert out.sequences.shape == (1, 10) and all(h.shape == (1, 10, 3) for h in out.hidden_states)
-    u, _ = model.flow(out.hidden_states[-1])
+    u = model.flow(out.hidden_states[-1]).u
     assert torch.allclose(u, out.hidden_states[0], atol=1e-5)
 
 

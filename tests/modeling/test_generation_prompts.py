@@ -6,7 +6,7 @@ import torch
 from tests.helpers.modeling import randomize_, tiny_config
 
 from modeling_tarflow import TarFlowForCausalFlowLM
-from modeling_tarflow.decoding import SEQUENTIAL, JacobiDecoding
+from modeling_tarflow.inversion import SEQUENTIAL, JacobiInversion
 from modeling_tarflow.prompting import _chain_state, _proposal_log_prob, sample_continuation
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -49,8 +49,8 @@ def test_left_to_right_continuation_is_the_joint_inverse_given_the_prompt_noise(
     prompt_z = model.encode(torch.randint(0, 11, (3, 6)))
     noise = torch.randn(3, 8, 3)
     sample = sample_continuation(model.flow, prompt_z, noise, SEQUENTIAL)
-    prompt_noise, _ = model.flow(prompt_z)
-    joint = model.flow.inverse(torch.cat([prompt_noise, noise], dim=1))
+    prompt_noise = model.flow(prompt_z).u
+    joint = model.flow.inverse(torch.cat([prompt_noise, noise], dim=1)).z
     assert torch.allclose(joint[:, :6], prompt_z, atol=1e-4)
     assert torch.allclose(sample.z[:, 6:], joint[:, 6:], atol=1e-4)
     assert torch.equal(sample.z[:, :6], prompt_z)
@@ -62,7 +62,7 @@ def test_left_to_right_proposal_is_the_exact_conditional_so_every_move_is_accept
     prompt_z = model.encode(torch.randint(0, 11, (2, 4)))
     gaps = []
     for _ in range(2):
-        continuation = model.flow.inverse(torch.randn(2, 12, 3, dtype=torch.float64))[:, :8]
+        continuation = model.flow.inverse(torch.randn(2, 12, 3, dtype=torch.float64)).z[:, :8]
         state = _chain_state(model.flow, prompt_z, continuation, temperature=1.0)
         gaps.append(state.log_joint - _proposal_log_prob(model.flow, continuation, state.prefixes, 1.0))
     assert torch.allclose(gaps[0], gaps[1], atol=1e-8)
@@ -81,7 +81,7 @@ def test_metropolis_hastings_samples_the_exact_conditional_with_right_to_left_la
     chains, c = 2000, 0.7
     grid = torch.linspace(-30, 30, 60001, dtype=torch.float64)
     with torch.no_grad():
-        u, log_det = model.flow(torch.stack([torch.full_like(grid, c), grid], dim=1).unsqueeze(-1))
+        u, log_det = model.flow(torch.stack([torch.full_like(grid, c), grid], dim=1).unsqueeze(-1)).to_tuple()[:2]
     cdf = torch.cumulative_trapezoid(torch.exp(-0.5 * u.square().sum((1, 2)) + log_det), grid)
     cdf = torch.cat([cdf.new_zeros(1), cdf]) / cdf[-1]
 
@@ -122,7 +122,7 @@ def test_prompt_and_jacobi_noise_are_reproducible_with_a_seed():
 def test_prompted_generation_uses_a_given_decoding_object():
     model = model_with(MIXED)
     prompt_z = model.encode(torch.randint(0, 11, (2, 4)))
-    sample = sample_continuation(model.flow, prompt_z, torch.randn(2, 4, 3), JacobiDecoding(block_size=2),
+    sample = sample_continuation(model.flow, prompt_z, torch.randn(2, 4, 3), JacobiInversion(block_size=2),
                                  proposals=2, mcmc_steps=1)
     assert sample.z.shape == (2, 8, 3) and torch.equal(sample.z[:, :4], prompt_z)
     assert all(len(counts) == 1 for counts in sample.inversion.fixed_point_iterations)

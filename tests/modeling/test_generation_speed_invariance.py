@@ -7,7 +7,7 @@ import torch
 from tests.helpers.modeling import tiny_config
 
 from modeling_tarflow import TarFlowForCausalFlowLM
-from modeling_tarflow import decoding as decoding_module
+from modeling_tarflow import inversion as inversion_module
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -67,7 +67,7 @@ def test_compiled_coupling_inverse_gives_the_eager_sample(decoding):
 
 
 def test_patches_the_compiled_root_finder_leaves_unconverged_are_solved_again_eagerly(monkeypatch):
-    monkeypatch.setattr(decoding_module, "COMPILED_ROOT_ITERATIONS", 1)   # one Newton step: most entries NaN
+    monkeypatch.setattr(inversion_module, "COMPILED_ROOT_ITERATIONS", 1)   # one Newton step: most entries NaN
     model = seeded_model("maf", 1)
     eager = sample(model, 1, decoding="sequential", output_hidden_states=True)
     compiled = sample(model, 1, decoding="sequential", output_hidden_states=True, compile_backend="eager")

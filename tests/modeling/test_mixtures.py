@@ -111,6 +111,11 @@ def test_root_finder_residual_below_1e_5_on_adversarial_mixtures_and_extreme_u(d
     assert result.iterations < 100
 
 
+def max_residual(result) -> float:
+    """The largest |g| at the root finder's last evaluation (a device sync, so the package never computes it)."""
+    return float(result.residual.abs().max()) if result.residual.numel() else 0.0
+
+
 def test_root_finder_freezes_converged_entries_and_reports_iterations():
     # g(z) = z − target: Newton converges in one step for every entry; nothing moves afterwards.
     target = torch.linspace(-3, 3, 7)
@@ -123,4 +128,4 @@ def test_root_finder_freezes_converged_entries_and_reports_iterations():
     result = solve_increasing(residual_and_slope, target - 10, target + 10, torch.zeros(7), 1e-9, 50)
     assert torch.allclose(result.z, target)
     assert result.iterations == 2 and len(calls) == 2
-    assert result.max_residual == 0.0
+    assert max_residual(result) == 0.0

@@ -1,4 +1,5 @@
-"""Input checks with errors that name the problem (never a silent wrong answer)."""
+"""Input checks of the model's entry points — token ids x, noise ε and u, prompts, attention masks, layer counts —
+with errors that name the problem (never a silent wrong answer)."""
 
 from __future__ import annotations
 
