@@ -45,12 +45,14 @@ TRAINED = "trained"          # the variant name of a `--model_folder` model
 
 
 class Cell(NamedTuple):
-    """One timed configuration: a TarFlowLM (variant, patch size) or GPT-2 (None, None), a batch size, a method."""
+    """One timed configuration: a TarFlowLM (variant, patch size) or GPT-2 (None, None), a batch size, a method, and
+    the `torch.compile` backend of TarFlowLM's coupling inverses (None: eager)."""
 
     variant: str | None
     patch_size: int | None
     batch_size: int
     method: str
+    compile_backend: str | None = None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,7 +77,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a trained TarFlowLM folder to time instead of the briefly trained char models (its patch "
                              "size is used; --variants, --patch_sizes and the training flags are then ignored)")
     parser.add_argument("--compile_backend", default=None,
-                        help="torch.compile backend of TarFlowLM's per-patch coupling inverse (e.g. inductor)")
+                        help="also time TarFlowLM with its per-patch coupling inverses compiled by this torch.compile "
+                             "backend (e.g. inductor), beside the eager cells, at --compile_batch_sizes")
+    parser.add_argument("--compile_batch_sizes", type=int, nargs="+", default=[1],
+                        help="batch sizes of the compiled cells (each batch shape compiles anew)")
     parser.add_argument("--skip_drift", action="store_true",
                         help="skip the Jacobi sample's drift from the sequential one (two more samples a cell)")
     parser.add_argument("--count_ops", action="store_true",
@@ -141,7 +146,7 @@ def sampler(cell: Cell, model, args):
                                            max_new_tokens=args.length, min_new_tokens=args.length, pad_token_id=0)
     return lambda seed: model.generate(max_new_tokens=args.length, num_return_sequences=cell.batch_size, seed=seed,
                                        decoding=cell.method, jacobi_block_size=args.jacobi_block_size,
-                                       jacobi_tolerance=args.jacobi_tolerance, compile_backend=args.compile_backend,
+                                       jacobi_tolerance=args.jacobi_tolerance, compile_backend=cell.compile_backend,
                                        return_dict_in_generate=True)
 
 
@@ -159,7 +164,10 @@ def synchronize() -> None:
 
 
 def all_cells(args, models) -> list[Cell]:
-    cells = [Cell(*key, batch, method) for batch in args.batch_sizes for key in models for method in METHODS[:2]]
+    backends = {batch: [None] + ([args.compile_backend] if args.compile_backend and batch in args.compile_batch_sizes
+                                 else []) for batch in args.batch_sizes}
+    cells = [Cell(*key, batch, method, backend) for batch in args.batch_sizes for key in models
+             for backend in backends[batch] for method in METHODS[:2]]
     return cells + [Cell(None, None, batch, "gpt2") for batch in args.batch_sizes]
 
 
@@ -187,6 +195,8 @@ def operations_per_token(args, models, gpt2) -> list[dict]:
     """Tensor operations per sampled token of every cell (untimed), TarFlowLM's split by part of the model."""
     rows = []
     for cell in all_cells(args, models):
+        if cell.compile_backend:
+            continue                              # a compiled graph's operations are not dispatched one by one
         tokens = cell.batch_size * args.length
         if cell.method == "gpt2":
             parts = {"all": count_operations(lambda: sampler(cell, gpt2, args)(0))}
@@ -199,15 +209,17 @@ def operations_per_token(args, models, gpt2) -> list[dict]:
     return rows
 
 
-def jacobi_drift(model, batch_size: int, args) -> dict:
-    """The Jacobi sample against the sequential one for the same noise: largest |Δz| and the fraction of tokens
-    whose decoded argmax differs."""
-    settings = dict(max_new_tokens=args.length, num_return_sequences=batch_size, seed=123, do_sample=False,
+def drift(model, cell: Cell, args) -> dict:
+    """A cell's sample against the exact one (eager sequential) for the same noise: largest |Δz| and the fraction of
+    tokens whose decoded argmax differs. The Jacobi sample drifts by its stopping tolerance; a compiled sample by
+    the compiler's reordering of float arithmetic."""
+    settings = dict(max_new_tokens=args.length, num_return_sequences=cell.batch_size, seed=123, do_sample=False,
                     output_hidden_states=True, jacobi_block_size=args.jacobi_block_size,
                     jacobi_tolerance=args.jacobi_tolerance)
-    sequential, jacobi = (model.generate(decoding=method, **settings) for method in METHODS[:2])
-    return {"max_abs_z_difference": float((jacobi.hidden_states[-1] - sequential.hidden_states[-1]).abs().max()),
-            "token_disagreement": float((jacobi.sequences != sequential.sequences).float().mean())}
+    exact = model.generate(decoding="sequential", **settings)
+    sample = model.generate(decoding=cell.method, compile_backend=cell.compile_backend, **settings)
+    return {"max_abs_z_difference": float((sample.hidden_states[-1] - exact.hidden_states[-1]).abs().max()),
+            "token_disagreement": float((sample.sequences != exact.sequences).float().mean())}
 
 
 def kv_cache_speedup(model, args) -> dict:
@@ -234,6 +246,7 @@ def summarise(args, measured, models) -> list[dict]:
         row = {"model": "GPT-2" if cell.method == "gpt2" else f"TarFlowLM ({cell.variant})",
                "variant": cell.variant, "patch_size": cell.patch_size, "batch_size": cell.batch_size,
                "decoding": "generate (KV cache)" if cell.method == "gpt2" else cell.method,
+               "compile_backend": cell.compile_backend,
                "tokens_per_second": best,
                "tokens_per_second_median": cell.batch_size * args.length / statistics.median(times),
                "ratio_to_gpt2": best / gpt2_best[cell.batch_size], "seconds": times}
@@ -241,35 +254,38 @@ def summarise(args, measured, models) -> list[dict]:
             output = measured["outputs"][cell]
             row["root_iterations_per_layer"] = output.root_iterations
             row["fixed_point_iterations_per_block"] = [list(blocks) for blocks in output.fixed_point_iterations]
-            if cell.method == "jacobi" and not args.skip_drift:
-                row["drift_from_sequential"] = jacobi_drift(models[cell.variant, cell.patch_size], cell.batch_size,
-                                                            args)
+            if (cell.method == "jacobi" or cell.compile_backend) and not args.skip_drift:
+                row["drift_from_sequential"] = drift(models[cell.variant, cell.patch_size], cell, args)
         rows.append(row)
     return rows
 
 
 def auto_rule_check(rows: list[dict]) -> list[dict]:
-    """For every TarFlowLM (variant, patch size, batch size): the faster of sequential and Jacobi decoding, and
-    what `decoding="auto"` chooses there (with the default `jacobi_max_batch_size`)."""
-    speeds = {(r["variant"], r["patch_size"], r["batch_size"], r["decoding"]): r["tokens_per_second"] for r in rows}
+    """For every TarFlowLM (variant, patch size, batch size, compile backend): the faster of sequential and Jacobi
+    decoding, and what `decoding="auto"` chooses there (with the default `jacobi_max_batch_size`)."""
+    speeds = {(r["variant"], r["patch_size"], r["batch_size"], r["compile_backend"], r["decoding"]):
+              r["tokens_per_second"] for r in rows}
     checks = []
-    for variant, patch_size, batch_size, decoding in speeds:
+    for variant, patch_size, batch_size, backend, decoding in speeds:
         if decoding != "sequential":
             continue
-        sequential, jacobi = (speeds[variant, patch_size, batch_size, method] for method in METHODS[:2])
+        sequential, jacobi = (speeds[variant, patch_size, batch_size, backend, method] for method in METHODS[:2])
         faster = "jacobi" if jacobi > sequential else "sequential"
         chosen = TarFlowGenerationConfig(decoding="auto").resolved_decoding(batch_size)
-        checks.append({"variant": variant, "patch_size": patch_size, "batch_size": batch_size, "faster": faster,
+        checks.append({"variant": variant, "patch_size": patch_size, "batch_size": batch_size,
+                       "compile_backend": backend, "faster": faster,
                        "auto_chooses": chosen, "auto_is_faster": chosen == faster,
                        "jacobi_over_sequential": jacobi / sequential})
     return checks
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'model':22s} {'P':>2s} {'batch':>5s} {'decoding':20s} {'tokens/s':>9s} {'vs GPT-2':>8s}")
-    for row in sorted(rows, key=lambda r: (r["batch_size"], r["model"], r["patch_size"] or 0, r["decoding"])):
+    print(f"\n{'model':22s} {'P':>2s} {'batch':>5s} {'decoding':20s} {'compiled':9s} {'tokens/s':>9s} "
+          f"{'vs GPT-2':>8s}")
+    for row in sorted(rows, key=lambda r: (r["batch_size"], r["model"], r["patch_size"] or 0,
+                                           r["compile_backend"] or "", r["decoding"])):
         print(f"{row['model']:22s} {row['patch_size'] or '':>2} {row['batch_size']:5d} {row['decoding']:20s} "
-              f"{row['tokens_per_second']:9.1f} {row['ratio_to_gpt2']:8.2f}")
+              f"{row['compile_backend'] or '':9s} {row['tokens_per_second']:9.1f} {row['ratio_to_gpt2']:8.2f}")
 
 
 def timings(args, models, gpt2) -> dict:

@@ -51,7 +51,8 @@ def compiled_inverse(coupling, backend: str | None, root: RootFinding = RootFind
     if backend is None:
         return eager
     branch_free = dataclasses.replace(root, fixed_iterations=COMPILED_ROOT_ITERATIONS)
-    fast = torch.compile(functools.partial(coupling.inverse, root=branch_free), backend=backend)
+    fast = torch.compile(functools.partial(coupling.inverse, root=branch_free), backend=backend,
+                         options=_compile_options(coupling, backend))
 
     def inverse(u: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, int]:
         h, iterations = fast(u, features)
@@ -59,6 +60,14 @@ def compiled_inverse(coupling, backend: str | None, root: RootFinding = RootFind
             return h, iterations
         return eager(u, features)
     return inverse
+
+
+def _compile_options(coupling, backend: str) -> dict | None:
+    """Inductor on CPU generates its wrapper in C++ (`cpp_wrapper`): a patch's inverse is hundreds of tiny fused
+    kernels and buffers, and calling and allocating them from Python cost more than the kernels themselves at batch
+    1 (the wrapper in C++ halves a P = 4 MAF inverse, bench/results/sampling_compiled.json)."""
+    device = next(coupling.parameters()).device
+    return {"cpp_wrapper": True} if backend == "inductor" and device.type == "cpu" else None
 
 
 def _invert_patch_by_patch(inverse: CouplingInverse, conditioner: CausalConditioner, y: torch.Tensor,
