@@ -81,6 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "backend (e.g. inductor), beside the eager cells, at --compile_batch_sizes")
     parser.add_argument("--compile_batch_sizes", type=int, nargs="+", default=[1],
                         help="batch sizes of the compiled cells (each batch shape compiles anew)")
+    parser.add_argument("--compile_methods", nargs="+", default=list(METHODS[:2]), choices=METHODS[:2],
+                        help="decodings of the compiled cells (each compiles its own shapes: minutes per model)")
     parser.add_argument("--skip_drift", action="store_true",
                         help="skip the Jacobi sample's drift from the sequential one (two more samples a cell)")
     parser.add_argument("--count_ops", action="store_true",
@@ -167,7 +169,8 @@ def all_cells(args, models) -> list[Cell]:
     backends = {batch: [None] + ([args.compile_backend] if args.compile_backend and batch in args.compile_batch_sizes
                                  else []) for batch in args.batch_sizes}
     cells = [Cell(*key, batch, method, backend) for batch in args.batch_sizes for key in models
-             for backend in backends[batch] for method in METHODS[:2]]
+             for backend in backends[batch] for method in METHODS[:2]
+             if backend is None or method in args.compile_methods]
     return cells + [Cell(None, None, batch, "gpt2") for batch in args.batch_sizes]
 
 
@@ -267,7 +270,7 @@ def auto_rule_check(rows: list[dict]) -> list[dict]:
               r["tokens_per_second"] for r in rows}
     checks = []
     for variant, patch_size, batch_size, backend, decoding in speeds:
-        if decoding != "sequential":
+        if decoding != "sequential" or (variant, patch_size, batch_size, backend, "jacobi") not in speeds:
             continue
         sequential, jacobi = (speeds[variant, patch_size, batch_size, backend, method] for method in METHODS[:2])
         faster = "jacobi" if jacobi > sequential else "sequential"

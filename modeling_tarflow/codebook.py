@@ -50,10 +50,16 @@ class GaussianCodebook(nn.Module):
                                 + mu.square().sum(-1)).clamp_min(0)
         return -0.5 * squared_distance * torch.exp(-2 * log_sigma) - self.dim * (log_sigma + LOG_SQRT_2PI)
 
-    def log_prob_per_dim(self, z: torch.Tensor) -> torch.Tensor:
-        """log N(z_i; μ_{k,i}, σ_k²) per component and dimension: (..., d) → (..., K, d)."""
+    def standardized(self, z: torch.Tensor) -> torch.Tensor:
+        """(z_i − μ_{k,i}) / σ_k per component and dimension: (..., d) → (..., K, d)."""
         mu, log_sigma = self._full_precision_params(z)
-        scaled = (z.to(mu.dtype).unsqueeze(-2) - mu) * torch.exp(-log_sigma).unsqueeze(-1)
+        return (z.to(mu.dtype).unsqueeze(-2) - mu) * torch.exp(-log_sigma).unsqueeze(-1)
+
+    def log_prob_per_dim(self, z: torch.Tensor, standardized: torch.Tensor | None = None) -> torch.Tensor:
+        """log N(z_i; μ_{k,i}, σ_k²) per component and dimension: (..., d) → (..., K, d) (`standardized`: the
+        `standardized(z)` already at hand)."""
+        scaled = self.standardized(z) if standardized is None else standardized
+        log_sigma = self._full_precision_params(z)[1].to(scaled.dtype)
         return -0.5 * scaled.square() - log_sigma.unsqueeze(-1) - LOG_SQRT_2PI
 
     def _full_precision_params(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

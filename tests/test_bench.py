@@ -1,5 +1,5 @@
 """The benchmark scripts run: bench/gpu.sh in its CPU dry mode and bench/scaling.py in its quick mode (tiny sizes),
-so that neither rots between the runs that time them."""
+and bench/mixture_cdf.py at tiny sizes, so that none rots between the runs that time them."""
 
 import json
 import math
@@ -37,3 +37,14 @@ def test_scaling_quick_run_writes_every_model_at_every_point_and_a_plot(tmp_path
     assert len(result["results"]) == len(models) * len(points) == len(models) * 4
     assert all(row["tokens_per_second"] > 0 and row["memory_bytes_per_token"] > 0 for row in result["results"])
     assert result["plot"] is None or (tmp_path / "scaling.png").exists()
+
+
+def test_mixture_cdf_bench_times_both_implementations_and_they_agree(tmp_path):
+    run([sys.executable, "-m", "bench.mixture_cdf", "--vocab_sizes", "300", "--tokens", "8", "--mix1_entries", "64",
+         "--rounds", "1", "--output_dir", str(tmp_path)])
+    result = json.loads((tmp_path / "mixture_cdf.json").read_text())
+    assert [row["shape"] for row in result["log_cdf_pair"]] == ["mix1", "mixd_V300"]
+    assert all(max(row["max_abs_difference_log_cdf_log_sf"]) < 1e-4 for row in result["log_cdf_pair"])
+    frozen, trained = result["frozen_rosenblatt"]
+    assert frozen["max_abs_difference_u"] < 1e-3 and frozen["max_abs_difference_log_det"] < 1e-3 * frozen["max_abs_log_det"]
+    assert all(speed > 0 for row in (frozen, trained) for speed in row["tokens_per_second"].values())

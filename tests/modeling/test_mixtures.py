@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from modeling_tarflow.mixtures import (
+    log_cdf_pair,
     lower_log_ndtri,
     mixture_cdf_transform,
     mixture_inverse_cdf,
@@ -36,6 +37,30 @@ def test_probit_round_trips_both_tails_to_30():
     log_cdf, log_sf = torch.special.log_ndtr(u), torch.special.log_ndtr(-u)
     recovered = probit_from_log_cdf(log_cdf.float(), log_sf.float())
     assert torch.allclose(recovered.double(), u, atol=5e-5)
+
+
+def log_space_pair(standardized, log_w):
+    return (torch.logsumexp(log_w + torch.special.log_ndtr(standardized), -1),
+            torch.logsumexp(log_w + torch.special.log_ndtr(-standardized), -1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_linear_space_cdf_pair_matches_log_space_sums_to_float_precision_in_both_tails(dtype):
+    torch.manual_seed(0)
+    log_w, _, _ = random_mixture((4000,), 7, dtype=dtype)
+    # from the middle out to |s| = 60 (F ≈ exp(−1800)): deep tails take the log-space sums
+    standardized = (torch.randn(4000, 7, dtype=dtype) * torch.logspace(-1, math.log10(60), 4000, dtype=dtype)[:, None])
+    standardized.requires_grad_(True)
+    got, expected = log_cdf_pair(standardized, log_w), log_space_pair(standardized.double(), log_w.double())
+    eps = torch.finfo(dtype).eps
+    for value, reference in zip(got, expected):
+        assert torch.isfinite(value).all()
+        assert torch.allclose(value.double(), reference, rtol=64 * eps, atol=64 * eps)
+    for value, reference in zip(got, expected):   # each tail on its own: their sum's gradient cancels
+        grad, = torch.autograd.grad(value.sum(), standardized, retain_graph=True)
+        grad_expected, = torch.autograd.grad(reference.sum(), standardized, retain_graph=True)
+        assert torch.isfinite(grad).all()
+        assert torch.allclose(grad.double(), grad_expected.double(), rtol=256 * eps, atol=1e-20)
 
 
 def test_log_ndtri_gradient_is_implicit_function_derivative():

@@ -1,0 +1,201 @@
+"""The mixture CDF F = Σ_k w_k Φ(s_k) in both tails, as the flows evaluate it, against its log-space reference.
+
+Every forward pass of a Mix-1 layer (§3.2.1) and of a Mix-d layer's Rosenblatt transform (§3.2.2, Alg. 1) needs
+(log F, log(1 − F)) over K components for every latent entry: u = Φ⁻¹(F). The reference sums log-space terms,
+logsumexp_k(log w_k + log Φ(±s_k)) with `torch.special.log_ndtr` (two evaluations per term); the library sums both
+tails in linear space from one erfc per term and takes the log-space sums only for entries whose F or 1 − F is
+near underflow (`modeling_tarflow.mixtures.log_cdf_pair`). Timed, interleaved, on the same inputs:
+
+- `log_cdf_pair` alone at the shapes of a Mix-1 layer (B·T·c entries, K = 64) and of the frozen Mix-d layer of
+  progressive stages 2–3 (B·T·d entries, K = V), forward only and forward + backward;
+- `MixtureRosenblattCoupling.forward` under `no_grad` (the frozen Mix-d layer) at V = 1024 … 50257, d = 16, and
+  with backward at the smallest V: the library's (linear-space sums, log|det| from log p_mixd, chunks sized to the
+  CPU's L2 cache), the same in one chunk, and the reference (log-space sums, the log-determinant summed from d
+  mixture densities, one chunk), with the largest differences in u and log|det| between library and reference.
+
+    python -m bench.mixture_cdf [--vocab_sizes 1024 8192 50257] [--tokens 256] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from unittest import mock
+
+import torch
+
+from bench.environment import RESULTS_DIR, write_result
+from modeling_tarflow.codebook import GaussianCodebook
+from modeling_tarflow.couplings import MixtureRosenblattCoupling
+from modeling_tarflow.mixtures import log_cdf_pair, mixture_cdf_transform
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vocab_sizes", type=int, nargs="+", default=[1024, 8192, 50257],
+                        help="K = V of the frozen Mix-d layer")
+    parser.add_argument("--latent_dim", type=int, default=16, help="d")
+    parser.add_argument("--tokens", type=int, default=256, help="tokens (B·T) per call")
+    parser.add_argument("--mix1_entries", type=int, default=256 * 16, help="latent entries (B·T·c) of the Mix-1 call")
+    parser.add_argument("--mix1_mixtures", type=int, default=64, help="K of the Mix-1 call")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (best and median kept)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--output", default="mixture_cdf", help="name of the JSON file")
+    parser.add_argument("--output_dir", default=str(RESULTS_DIR), help="where the JSON file goes")
+    return parser.parse_args(argv)
+
+
+def log_space_pair(standardized: torch.Tensor, log_w: torch.Tensor, dim: int = -1):
+    """The reference: logsumexp_k(log w_k + log Φ(±s_k)), two `log_ndtr` per term."""
+    return (torch.logsumexp(log_w + torch.special.log_ndtr(standardized), dim=dim),
+            torch.logsumexp(log_w + torch.special.log_ndtr(-standardized), dim=dim))
+
+
+def reference_rosenblatt(coupling: MixtureRosenblattCoupling, z: torch.Tensor, logits: torch.Tensor):
+    """Alg. 1 with the log-space pair and log|det| = Σ_i [log p(z_i | z_{<i}) − log N(u_i)] summed from d mixture
+    densities of K terms each."""
+    components = coupling.components
+    log_pi = torch.log_softmax(logits, dim=-1)
+    per_dim = components.log_prob_per_dim(z)
+    log_alpha = torch.log_softmax(log_pi.unsqueeze(-1) + per_dim.cumsum(-1) - per_dim, dim=-2).transpose(-1, -2)
+    mu, log_sigma = components.mu, components.log_sigma.expand(coupling.latent_dim, -1)
+    with mock.patch("modeling_tarflow.mixtures.log_cdf_pair", log_space_pair):
+        u, log_det = mixture_cdf_transform(z, log_alpha, mu.T, log_sigma)
+    return u.flatten(-2), log_det.sum((-1, -2))
+
+
+def best_and_median(functions: dict, rounds: int) -> dict:
+    """Seconds of each function, interleaved over rounds after one warm-up each."""
+    for function in functions.values():
+        function()
+    seconds = {name: [] for name in functions}
+    for _ in range(rounds):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: {"best_seconds": min(times), "median_seconds": statistics.median(times), "seconds": times}
+            for name, times in seconds.items()}
+
+
+def pair_inputs(entries: int, mixtures: int, spread: float, generator: torch.Generator):
+    """Standardized values and log weights of `entries` mixtures: spread like a trained layer's (most components
+    far from the point, a few near it)."""
+    standardized = spread * torch.randn(entries, mixtures, generator=generator)
+    log_w = torch.log_softmax(3 * torch.randn(entries, mixtures, generator=generator), -1)
+    return standardized, log_w
+
+
+def forward_and_backward(pair, standardized: torch.Tensor, log_w: torch.Tensor):
+    def run():
+        leaf = standardized.detach().requires_grad_(True)
+        sum(x.sum() for x in pair(leaf, log_w)).backward()
+    return run
+
+
+def time_pairs(args, generator: torch.Generator) -> list[dict]:
+    """`log_cdf_pair` against the reference at a Mix-1 layer's shape and at the frozen Mix-d layers'."""
+    shapes = [("mix1", args.mix1_entries, args.mix1_mixtures, 3.0)]
+    shapes += [(f"mixd_V{v}", args.tokens * args.latent_dim, v, 30.0) for v in args.vocab_sizes]
+    rows = []
+    for name, entries, mixtures, spread in shapes:
+        standardized, log_w = pair_inputs(entries, mixtures, spread, generator)
+        functions = {"linear_forward": lambda: log_cdf_pair(standardized, log_w),
+                     "log_space_forward": lambda: log_space_pair(standardized, log_w)}
+        if name == "mix1":
+            functions.update(linear_forward_backward=forward_and_backward(log_cdf_pair, standardized, log_w),
+                             log_space_forward_backward=forward_and_backward(log_space_pair, standardized, log_w))
+        timed = best_and_median(functions, args.rounds)
+        differences = [(a - b).abs().max().item() for a, b in zip(log_cdf_pair(standardized, log_w),
+                                                                  log_space_pair(standardized, log_w))]
+        rows.append({"shape": name, "entries": entries, "mixtures": mixtures, "timings": timed,
+                     "speedup_forward": timed["log_space_forward"]["best_seconds"]
+                     / timed["linear_forward"]["best_seconds"],
+                     "max_abs_difference_log_cdf_log_sf": differences})
+        print(f"{name:12s} K={mixtures:6d}: {rows[-1]['speedup_forward']:.2f}x, max |diff| {differences}", flush=True)
+    return rows
+
+
+def rosenblatt_inputs(vocab_size: int, args, generator: torch.Generator):
+    """A Mix-d coupling tied to a codebook of `vocab_size` narrow components (a trained codebook's shape), with the
+    latents z of `args.tokens` tokens drawn near their components, and the features its head reads."""
+    codebook = GaussianCodebook(vocab_size, args.latent_dim)
+    coupling = MixtureRosenblattCoupling(8, 1, args.latent_dim, vocab_size, codebook)
+    with torch.no_grad():
+        codebook.mu.normal_(generator=generator)
+        codebook.log_sigma.fill_(-1.0)
+        coupling.head.weight.normal_(generator=generator)
+        coupling.head.bias.zero_()
+    ids = torch.randint(0, vocab_size, (1, args.tokens), generator=generator)
+    z = (codebook.mu[ids] + 0.37 * torch.randn(1, args.tokens, args.latent_dim, generator=generator)).detach()
+    return coupling, z, torch.randn(1, args.tokens, 8, generator=generator)
+
+
+def rosenblatt_variants(coupling: MixtureRosenblattCoupling, z: torch.Tensor, features: torch.Tensor) -> dict:
+    """The transform three ways: the library's (`forward`: linear-space sums, CPU-cache-sized chunks), the same in
+    one chunk, and the reference (log-space sums, log|det| from d mixture densities, one chunk)."""
+    unchunked = mock.patch("modeling_tarflow.couplings.CPU_CHUNK_ELEMENTS", 1 << 62)
+
+    def one_chunk():
+        with unchunked:
+            return coupling(z, features)
+    return {"library": lambda: coupling(z, features), "library_one_chunk": one_chunk,
+            "reference": lambda: reference_rosenblatt(coupling, z.unflatten(-1, (1, -1)),
+                                                      coupling.mixture_logits(features))}
+
+
+def with_backward(function, z: torch.Tensor):
+    """`function` as a training step through the transform: forward and backward to z (stage 1 through u)."""
+    def run():
+        z.grad = None
+        u, log_det = function()
+        (u.square().sum() + log_det.sum()).backward()
+    return run
+
+
+def time_frozen_rosenblatt(args, generator: torch.Generator) -> list[dict]:
+    """The Mix-d layer's Rosenblatt transform, frozen (no_grad: progressive stages 2–3) at every V and trained
+    (forward + backward, at the smallest V), the library's against one chunk and against the reference."""
+    rows = []
+    for vocab_size in args.vocab_sizes:
+        coupling, z, features = rosenblatt_inputs(vocab_size, args, generator)
+        variants = rosenblatt_variants(coupling.requires_grad_(False), z, features)
+        with torch.no_grad():
+            timed = best_and_median(variants, args.rounds)
+            (u, log_det), (u_ref, log_det_ref) = variants["library"](), variants["reference"]()
+        rows.append({"mode": "frozen", **rosenblatt_row(vocab_size, timed, args),
+                     "max_abs_difference_u": (u - u_ref).abs().max().item(),
+                     "max_abs_difference_log_det": (log_det - log_det_ref).abs().max().item(),
+                     "max_abs_log_det": log_det_ref.abs().max().item()})
+    coupling, z, features = rosenblatt_inputs(args.vocab_sizes[0], args, generator)
+    z.requires_grad_(True)
+    timed = best_and_median({name: with_backward(function, z) for name, function in
+                             rosenblatt_variants(coupling, z, features).items()}, args.rounds)
+    rows.append({"mode": "trained", **rosenblatt_row(args.vocab_sizes[0], timed, args)})
+    return rows
+
+
+def rosenblatt_row(vocab_size: int, timed: dict, args) -> dict:
+    speed = {name: args.tokens / t["best_seconds"] for name, t in timed.items()}
+    print(f"Rosenblatt V={vocab_size:6d}: " + ", ".join(f"{name} {value:.0f}" for name, value in speed.items())
+          + " tokens/s", flush=True)
+    return {"vocab_size": vocab_size, "latent_dim": args.latent_dim, "tokens": args.tokens, "timings": timed,
+            "tokens_per_second": speed, "speedup_over_reference": speed["library"] / speed["reference"],
+            "speedup_of_chunks": speed["library"] / speed["library_one_chunk"]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    generator = torch.Generator().manual_seed(0)
+    started = time.perf_counter()
+    result = {"config": vars(args), "note": "best of interleaved rounds; the median beside it shows the spread",
+              "log_cdf_pair": time_pairs(args, generator), "frozen_rosenblatt": time_frozen_rosenblatt(args, generator)}
+    result["wall_seconds"] = time.perf_counter() - started
+    print(f"-> {write_result(args.output, result, args.output_dir)}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
