@@ -1,14 +1,17 @@
-"""Operation counts: how many tensor operations a call dispatches, in all and per part of a TarFlowLM.
+"""Where a TarFlowLM call spends its work, per part of the model: the tensor operations it dispatches, and its
+wall-clock seconds.
 
 At batch 1 a sampler's time per token is about its operations per token times the per-operation overhead (a few
 microseconds on a CPU, a kernel launch on a GPU), so the count is what the speed work reduces, and unlike a timing
-it is the same on every machine and under any background load.
+it is the same on every machine and under any background load. A compiled inverse dispatches no operations one by
+one, so for it the seconds per part are the profile.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import time
 from unittest import mock
 
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -63,4 +66,39 @@ def operations_by_part(model, function) -> dict[str, int]:
     return dict(sorted(counter.counts.items()))
 
 
-__all__ = ["count_operations", "operations_by_part"]
+def seconds_by_part(model, function) -> dict[str, float]:
+    """Wall seconds of `function()` (e.g. a `generate` call of the TarFlowLM `model`) in each flow layer's
+    transformer steps (`layer ℓ transformer`) and coupling inverses (`layer ℓ Mix-d inverse`, ..., compiled or not:
+    the function `inversion.compiled_inverse` returns is what is timed), and the rest (`other`)."""
+    seconds = collections.Counter()
+    labels = {id(layer.coupling): f"layer {index} "
+              f"{COUPLING_NAMES.get(type(layer.coupling).__name__, type(layer.coupling).__name__)} inverse"
+              for index, layer in enumerate(model.flow.layers, start=1)}
+
+    def timed(label: str, method):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                seconds[label] += time.perf_counter() - start
+        return call
+
+    from modeling_tarflow import inversion
+
+    def timed_inverse(coupling, *args, **kwargs):
+        return timed(labels[id(coupling)], compiled_inverse(coupling, *args, **kwargs))
+
+    compiled_inverse = inversion.compiled_inverse
+    with contextlib.ExitStack() as patches:
+        for index, layer in enumerate(model.flow.layers, start=1):
+            patches.enter_context(mock.patch.object(layer.conditioner, "step", timed(
+                f"layer {index} transformer", layer.conditioner.step)))
+        patches.enter_context(mock.patch.object(inversion, "compiled_inverse", timed_inverse))
+        start = time.perf_counter()
+        function()
+        total = time.perf_counter() - start
+    return {**dict(sorted(seconds.items())), "other": total - sum(seconds.values()), "total": total}
+
+
+__all__ = ["count_operations", "operations_by_part", "seconds_by_part"]

@@ -34,7 +34,7 @@ import transformers
 
 from bench.environment import RESULTS_DIR, write_result
 from bench.forward import build_models, gpt2_like
-from bench.profiling import count_operations, operations_by_part
+from bench.profiling import count_operations, operations_by_part, seconds_by_part
 from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM, TarFlowGenerationConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="decodings of the compiled cells (each compiles its own shapes: minutes per model)")
     parser.add_argument("--skip_drift", action="store_true",
                         help="skip the Jacobi sample's drift from the sequential one (two more samples a cell)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also time each part of the model (transformer steps, coupling inverses) in one more "
+                             "sample of every batch-1 sequential cell")
     parser.add_argument("--count_ops", action="store_true",
                         help="also count the tensor operations per token of every sampler, per part of the model")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -292,11 +295,29 @@ def print_table(rows: list[dict]) -> None:
 
 
 def timings(args, models, gpt2) -> dict:
-    """The timed part of the result: rows, the auto rule against them, the KV cache's speed-up."""
+    """The timed part of the result: rows, the auto rule against them, the KV cache's speed-up, and (`--profile`)
+    the batch-1 sequential cells' milliseconds per token in each part of the model."""
     rows = summarise(args, measure(args, models, gpt2), models)
     print_table(rows)
     cache_model = models[args.variants[0], 2 if 2 in args.patch_sizes else args.patch_sizes[0]]
-    return {"results": rows, "auto_rule": auto_rule_check(rows), "kv_cache": kv_cache_speedup(cache_model, args)}
+    result = {"results": rows, "auto_rule": auto_rule_check(rows), "kv_cache": kv_cache_speedup(cache_model, args)}
+    return {**result, "profile": time_profile(args, models)} if args.profile else result
+
+
+def time_profile(args, models) -> list[dict]:
+    """Milliseconds per sampled token in each part of the model, for every batch-1 sequential cell (one more
+    sample each, after the timed rounds)."""
+    rows = []
+    for cell in all_cells(args, models):
+        if cell.batch_size != 1 or cell.method != "sequential":
+            continue
+        model = models[cell.variant, cell.patch_size]
+        parts = seconds_by_part(model, lambda: sampler(cell, model, args)(0))
+        rows.append({**cell._asdict(), "milliseconds_per_token": {part: 1e3 * seconds / args.length
+                                                                  for part, seconds in parts.items()}})
+        print(f"{tuple(cell)}: " + ", ".join(f"{part} {value:.2f}" for part, value in
+                                             rows[-1]["milliseconds_per_token"].items()) + " ms/token", flush=True)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> dict:

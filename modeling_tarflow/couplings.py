@@ -28,8 +28,8 @@ from .precision import full_precision as _full_precision
 from .root_finding import RootFinding
 
 EXACT = RootFinding()
-# Elements (float32: 1 MiB) of the Rosenblatt transform's per-dimension terms computed at once on a CPU: a chunk that
-# fits the L2 cache runs 1.7× (training) to 2.4× (frozen, no_grad) faster than one that spills to memory.
+# Elements (float32: 1 MiB) of the Rosenblatt transform's per-dimension terms computed at once on a CPU, so that a
+# chunk's terms stay in the L2 cache (bench/results/mixture_cdf.json: `speedup_of_chunks`).
 CPU_CHUNK_ELEMENTS = 1 << 18
 
 
@@ -178,18 +178,15 @@ class MixtureRosenblattCoupling(nn.Module):
         z = h.reshape(batch * length, self.patch_size, self.latent_dim)
         logits = self.mixture_logits(features).flatten(0, 1)
         # The per-dimension terms are (B, n, P, K, d): 26 GB for GPT-2's K = 50257, d = 16 on 8 × 1024 tokens.
-        # Past a budget, the patches of all sequences go in chunks, each recomputed in backward (activation
-        # checkpointing). On a CPU the budget is also what keeps a chunk's terms in the L2 cache: the transform is
-        # some twenty elementwise passes over them, memory-bound once they spill (bench/results/mixture_cdf.json).
-        budget = self.max_chunk_elements if h.device.type != "cpu" else min(self.max_chunk_elements,
-                                                                             CPU_CHUNK_ELEMENTS)
-        chunk = max(1, budget // (self.patch_size * self.num_mixtures * self.latent_dim))
-        if chunk >= z.shape[0]:
-            u, log_det = self._rosenblatt(z, logits)
-        else:
-            pieces = [self._checkpointed_rosenblatt(z[s:s + chunk], logits[s:s + chunk])
-                      for s in range(0, z.shape[0], chunk)]
-            u, log_det = torch.cat([u for u, _ in pieces]), torch.cat([log_det for _, log_det in pieces])
+        # Past a memory budget, the patches of all sequences go in chunks, each recomputed in backward (activation
+        # checkpointing). On a CPU they also go in chunks that keep their terms in the L2 cache (no recomputation
+        # needed): the transform is some twenty elementwise passes over them, memory-bound once they spill.
+        per_row = self.patch_size * self.num_mixtures * self.latent_dim
+        memory_rows = max(1, self.max_chunk_elements // per_row)
+        rows = min(memory_rows, max(1, CPU_CHUNK_ELEMENTS // per_row)) if h.device.type == "cpu" else memory_rows
+        transform = self._checkpointed_rosenblatt if memory_rows < z.shape[0] else self._rosenblatt
+        pieces = [transform(z[s:s + rows], logits[s:s + rows]) for s in range(0, z.shape[0], rows)]
+        u, log_det = torch.cat([u for u, _ in pieces]), torch.cat([log_det for _, log_det in pieces])
         return u.unflatten(0, (batch, length)), log_det.unflatten(0, (batch, length))
 
     def log_density(self, h: torch.Tensor, features: torch.Tensor) -> torch.Tensor:

@@ -64,8 +64,7 @@ def compiled_inverse(coupling, backend: str | None, root: RootFinding = RootFind
 
 def _compile_options(coupling, backend: str) -> dict | None:
     """Inductor on CPU generates its wrapper in C++ (`cpp_wrapper`): a patch's inverse is hundreds of tiny fused
-    kernels and buffers, and calling and allocating them from Python cost more than the kernels themselves at batch
-    1 (the wrapper in C++ halves a P = 4 MAF inverse, bench/results/sampling_compiled.json)."""
+    kernels and buffers, and at batch 1 calling and allocating them from Python costs more than the kernels do."""
     device = next(coupling.parameters()).device
     return {"cpp_wrapper": True} if backend == "inductor" and device.type == "cpu" else None
 

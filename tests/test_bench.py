@@ -1,11 +1,14 @@
-"""The benchmark scripts run: bench/gpu.sh in its CPU dry mode and bench/scaling.py in its quick mode (tiny sizes),
-and bench/mixture_cdf.py at tiny sizes, so that none rots between the runs that time them."""
+"""The benchmark scripts run: bench/gpu.sh in its CPU dry mode, bench/scaling.py in its quick mode (tiny sizes), and
+bench/mixture_cdf.py and bench/sampling.py (compiled cells, profile) at tiny sizes, so that none rots between the runs
+that time them."""
 
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,3 +51,20 @@ def test_mixture_cdf_bench_times_both_implementations_and_they_agree(tmp_path):
     frozen, trained = result["frozen_rosenblatt"]
     assert frozen["max_abs_difference_u"] < 1e-3 and frozen["max_abs_difference_log_det"] < 1e-3 * frozen["max_abs_log_det"]
     assert all(speed > 0 for row in (frozen, trained) for speed in row["tokens_per_second"].values())
+
+
+def test_sampling_bench_times_compiled_cells_beside_eager_ones_and_profiles_their_parts(tmp_path):
+    run([sys.executable, "-m", "bench.sampling", "--train_steps", "0", "--width", "32", "--heads", "2", "--length", "8",
+         "--rounds", "1", "--batch_sizes", "1", "--patch_sizes", "2", "--variants", "maf", "--compile_backend", "eager",
+         "--compile_methods", "sequential", "--profile", "--output_dir", str(tmp_path)])
+    result = json.loads((tmp_path / "sampling.json").read_text())
+    cells = {(row["decoding"], row["compile_backend"]) for row in result["results"]}
+    assert cells == {("sequential", None), ("jacobi", None), ("sequential", "eager"), ("generate (KV cache)", None)}
+    compiled, = [row for row in result["results"] if row["compile_backend"]]
+    assert compiled["drift_from_sequential"]["token_disagreement"] == 0.0
+    profiles = {row["compile_backend"]: row["milliseconds_per_token"] for row in result["profile"]}
+    assert set(profiles) == {None, "eager"}
+    for parts in profiles.values():
+        assert {"layer 1 transformer", "layer 1 Mix-d inverse", "layer 3 Mix-1 inverse", "other"} <= set(parts)
+        assert all(value > 0 for part, value in parts.items() if part != "other")
+        assert sum(v for part, v in parts.items() if part != "total") == pytest.approx(parts["total"])
