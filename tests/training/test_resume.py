@@ -23,11 +23,11 @@ CHECKPOINT_FILES = ("model.safetensors", "optimizer.bin", "random_states_0.pkl",
                     "custom_checkpoint_1.pkl", "custom_checkpoint_2.pkl")
 
 
-def run_command(output_dir: Path, *extra: str) -> list[str]:
+def run_command(output_dir: Path, *extra: str, max_steps: int = MAX_STEPS) -> list[str]:
     """Three progressive stages, dropout (so RNG state matters), 2 micro-batches per step, a checkpoint per step."""
     model = json.dumps({**TINY_MODEL, "dropout": 0.1})
     args = tiny_args(output_dir, "--save_steps", "1", "--save_total_limit", "3", "--gradient_accumulation_steps", "2",
-                     "--eval_steps", "4", "--num_samples", "0", *extra, max_steps=MAX_STEPS, stages=(1, 2, 3))
+                     "--eval_steps", "4", "--num_samples", "0", *extra, max_steps=max_steps, stages=(1, 2, 3))
     args[args.index("--model_config") + 1] = model
     return [sys.executable, str(REPO / "training" / "run.py"), *args]
 
@@ -124,11 +124,14 @@ def test_sigterm_writes_a_checkpoint_and_resuming_reproduces_the_uninterrupted_r
 
 
 def test_sigint_stops_at_a_step_with_a_checkpoint_and_one_line(tmp_path):
-    run = subprocess.Popen(run_command(tmp_path), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, env=SINGLE_THREAD)
+    # long enough (a tiny step takes tens of milliseconds) that the signal cannot miss the run
+    max_steps = 10 * MAX_STEPS
+    run = subprocess.Popen(run_command(tmp_path, max_steps=max_steps), cwd=REPO, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=SINGLE_THREAD)
     deadline = time.monotonic() + 300
     while logged_steps(tmp_path) < 2 and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert run.poll() is None, f"the run ended before two steps were logged: {run.communicate()[1][-3000:]}"
     for signum in (signal.SIGSTOP, signal.SIGINT, signal.SIGCONT):  # SIGINT surely arrives mid-run
         run.send_signal(signum)
     out, err = run.communicate(timeout=300)
@@ -136,7 +139,7 @@ def test_sigint_stops_at_a_step_with_a_checkpoint_and_one_line(tmp_path):
     notes = [line for line in out.splitlines() if line.startswith("SIGINT: stopped after step")]
     assert len(notes) == 1, out[-3000:]
     stopped_at = int(notes[0].split("step ")[1].split()[0])
-    assert stopped_at < MAX_STEPS and complete_checkpoints(tmp_path)[-1].name == f"checkpoint-{stopped_at}"
+    assert stopped_at < max_steps and complete_checkpoints(tmp_path)[-1].name == f"checkpoint-{stopped_at}"
     assert_checkpoints_whole(tmp_path)
 
 
