@@ -126,8 +126,11 @@ def test_sigterm_writes_a_checkpoint_and_resuming_reproduces_the_uninterrupted_r
 def test_sigint_stops_at_a_step_with_a_checkpoint_and_one_line(tmp_path):
     # long enough (a tiny step takes tens of milliseconds) that the signal cannot miss the run
     max_steps = 10 * MAX_STEPS
+    # SIGINT as from a terminal: a test runner started in the background by a non-interactive shell has it
+    # ignored, its children inherit that, and the run rightly keeps an ignored signal ignored
     run = subprocess.Popen(run_command(tmp_path, max_steps=max_steps), cwd=REPO, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, env=SINGLE_THREAD)
+                           stderr=subprocess.PIPE, text=True, env=SINGLE_THREAD,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while logged_steps(tmp_path) < 2 and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
