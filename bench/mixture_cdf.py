@@ -26,6 +26,7 @@ from unittest import mock
 import torch
 
 from bench.environment import RESULTS_DIR, write_result
+from bench.scaling import seconds_per_step
 from modeling_tarflow.codebook import GaussianCodebook
 from modeling_tarflow.couplings import MixtureRosenblattCoupling
 from modeling_tarflow.mixtures import log_cdf_pair, mixture_cdf_transform
@@ -66,15 +67,8 @@ def reference_rosenblatt(coupling: MixtureRosenblattCoupling, z: torch.Tensor, l
 
 
 def best_and_median(functions: dict, rounds: int) -> dict:
-    """Seconds of each function, interleaved over rounds after one warm-up each."""
-    for function in functions.values():
-        function()
-    seconds = {name: [] for name in functions}
-    for _ in range(rounds):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            seconds[name].append(time.perf_counter() - start)
+    """Seconds of each function, interleaved over rounds after one warm-up each (`scaling.seconds_per_step`)."""
+    seconds = seconds_per_step(functions, argparse.Namespace(rounds=rounds, device="cpu"))
     return {name: {"best_seconds": min(times), "median_seconds": statistics.median(times), "seconds": times}
             for name, times in seconds.items()}
 

@@ -16,6 +16,8 @@ from unittest import mock
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from modeling_tarflow import inversion
+
 COUPLING_NAMES = {"MixtureRosenblattCoupling": "Mix-d", "MixtureCDFCoupling": "Mix-1", "AffineCoupling": "affine"}
 
 
@@ -83,8 +85,6 @@ def seconds_by_part(model, function) -> dict[str, float]:
             finally:
                 seconds[label] += time.perf_counter() - start
         return call
-
-    from modeling_tarflow import inversion
 
     def timed_inverse(coupling, *args, **kwargs):
         return timed(labels[id(coupling)], compiled_inverse(coupling, *args, **kwargs))
