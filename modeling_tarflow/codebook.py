@@ -50,6 +50,12 @@ class GaussianCodebook(nn.Module):
                                 + mu.square().sum(-1)).clamp_min(0)
         return -0.5 * squared_distance * torch.exp(-2 * log_sigma) - self.dim * (log_sigma + LOG_SQRT_2PI)
 
+    def log_prob_of(self, z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """log N_x(z) of the given components only, from z − μ_x: shape `ids.shape` (z: (*ids.shape, d))."""
+        mu, log_sigma = self._full_precision_params(z)
+        scaled = (z.to(mu.dtype) - mu[ids]) * torch.exp(-log_sigma[ids]).unsqueeze(-1)
+        return -0.5 * scaled.square().sum(-1) - self.dim * (log_sigma[ids] + LOG_SQRT_2PI)
+
     def standardized(self, z: torch.Tensor) -> torch.Tensor:
         """(z_i − μ_{k,i}) / σ_k per component and dimension: (..., d) → (..., K, d)."""
         mu, log_sigma = self._full_precision_params(z)

@@ -26,6 +26,7 @@ from .mixtures import (log_cdf_pair, mixture_cdf_transform, mixture_inverse_cdf,
                        probit_from_log_cdf)
 from .precision import full_precision as _full_precision
 from .root_finding import RootFinding
+from .tied_mixd_likelihood import tied_mixd_log_terms
 
 EXACT = RootFinding()
 # Elements (float32: 1 MiB) of the Rosenblatt transform's per-dimension terms computed at once on a CPU, so that a
@@ -190,16 +191,32 @@ class MixtureRosenblattCoupling(nn.Module):
         return u.unflatten(0, (batch, length)), log_det.unflatten(0, (batch, length))
 
     def log_density(self, h: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        r"""log p_mixd(z_t | C_t) = Σ_p logsumexp_k(log π_{t,p,k} + log N_k(z_{t,p})) per patch, (B, n): what the
-        NELBO needs of a last layer (log N(u; 0, I) + log|det| = log p_mixd), in (B, n, P, K) work instead of the
-        Rosenblatt transform's (B, n, P, K, d) — an LM head's cost; the distances to the K components are expanded
-        for large K (`GaussianCodebook.log_prob`)."""
-        z = h.unflatten(-1, (self.patch_size, self.latent_dim))
-        context, (z, logits) = _full_precision(z, self.mixture_logits(features))
+        r"""log p_mixd(z_t | C_t) = Σ_p [LSE_k(ℓ_{t,p,k} + log N_k(z_{t,p})) − LSE_k ℓ_{t,p,k}] per patch, (B, n): what
+        the NELBO needs of a last layer (log N(u; 0, I) + log|det| = log p_mixd), in (B, n, P, K) work instead of the
+        Rosenblatt transform's (B, n, P, K, d) — an LM head's cost, by the token-chunked pass of
+        `tied_mixd_likelihood.py`, which keeps nothing V-sized for backward."""
+        return self.log_density_and_normalizer(h, features, normalizer_weight=0.0)[0]
+
+    def log_density_and_normalizer(self, h: torch.Tensor, features: torch.Tensor,
+                                   normalizer_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""(log p_mixd(z_t | C_t), Σ_p LSE_k log N_k(z_{t,p})) per patch, (B, n) each: the layer's density and, for
+        the tied first layer, the tied decoder's normaliser (log p(x|z) = log N_x(z) − LSE_k log N_k(z), §3.1),
+        sharing log N_k(z). `normalizer_weight`: the weight of the normaliser in the loss, relative to −log p_mixd
+        (1 in the NELBO, 0 when only the density is trained), for which the gradients are computed in the forward
+        pass (any other weighting is still exact, by recomputation)."""
+        batch, patches = h.shape[:2]
+        z = h.reshape(batch * patches, self.patch_size, self.latent_dim)
+        context, (z,) = _full_precision(z)
         with context:
-            log_n = self.components.log_prob(z).to(z.dtype)                       # (B, n, P, K)
-            log_p = torch.logsumexp(logits + log_n, dim=-1) - torch.logsumexp(logits, dim=-1)
-        return log_p.sum(-1)
+            mu, log_sigma = self._component_params(z.dtype)
+            rows = features.reshape(batch * patches, -1)
+            weight = self.head.weight.to(rows.dtype).unflatten(0, (self.patch_size, self.num_mixtures))
+            bias = self.head.bias.to(rows.dtype).unflatten(0, (self.patch_size, self.num_mixtures))
+            terms = [tied_mixd_log_terms(rows, weight[p], bias[p], z[:, p], mu, log_sigma, normalizer_weight)
+                     for p in range(self.patch_size)]
+        log_norm = sum(norm for norm, _ in terms).view(batch, patches)
+        log_p = sum(density for _, density in terms).view(batch, patches)
+        return log_p, log_norm
 
     def _checkpointed_rosenblatt(self, z: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not torch.is_grad_enabled():

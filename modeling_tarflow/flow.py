@@ -93,6 +93,13 @@ class AutoregressiveFlow(nn.Module):
         x = self.order(self.mix(h))
         return self.coupling.log_density(x, self.conditioner(x)).sum(1)
 
+    def log_density_and_normalizer(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p^(ℓ)(h), Σ_t LSE_k log N_k(z_t)) per sequence, (B,) each, for a Mix-d layer: its density and the
+        normaliser of the decoder tied to its components, sharing log N_k(z) (progressive stage 1, §3.3)."""
+        x = self.order(self.mix(h))
+        log_p, log_norm = self.coupling.log_density_and_normalizer(x, self.conditioner(x))
+        return log_p.sum(1), log_norm.sum(1)
+
     @torch.no_grad()
     def inverse(self, u: torch.Tensor, prefix: torch.Tensor | None = None,
                 inversion: Inversion = SEQUENTIAL) -> LayerInversion:
@@ -204,7 +211,7 @@ class FlowStack(nn.Module):
         """
         self._check_latents(z, "z", 0 if prompt is None else prompt.length, check_finite)
         layers = self.layers[:num_layers] if num_layers is not None else self.layers
-        h, levels, log_dets = self._patchify(z), [z], []
+        h, levels, log_dets = self.patchify(z), [z], []
         for index, layer in enumerate(layers if output_u else layers[:-1]):
             with _trained_if(index >= num_frozen):
                 h, log_det = layer(h, self._prompt_level(prompt, index))
@@ -231,7 +238,7 @@ class FlowStack(nn.Module):
         """
         self._check_latents(u, "u", 0 if prompt is None else prompt.length, check_finite=True)
         inversion = inversion if inversion is not None else SequentialInversion(root=self.root)
-        h, levels, root_iterations, fixed_point = self._patchify(u), [u], [], []
+        h, levels, root_iterations, fixed_point = self.patchify(u), [u], [], []
         for index in reversed(range(len(self.layers))):
             step = self.layers[index].inverse(h, self._prompt_level(prompt, index), inversion)
             h = step.h
@@ -247,9 +254,9 @@ class FlowStack(nn.Module):
         return any(not layer.order.keeps_prefix_first for layer in self.layers)
 
     def _prompt_level(self, prompt: FlowPrompt | None, index: int) -> torch.Tensor | None:
-        return None if prompt is None else self._patchify(prompt.levels[index])
+        return None if prompt is None else self.patchify(prompt.levels[index])
 
-    def _patchify(self, x: torch.Tensor) -> torch.Tensor:
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], x.shape[1] // self.patch_size, self.patch_size * self.latent_dim)
 
     def _unpatchify(self, h: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from transformers.utils import ModelOutput
 
 from .codebook import GaussianCodebook
 from .configuration_tarflow import TarFlowConfig
-from .flow import FlowStack
+from .flow import FlowOutput, FlowStack
 from .generation import TarFlowGenerateOutput, TarFlowGenerationConfig, generate_tokens
 from .heads import LinearHead, MaskedAutoregressiveHead
 from .transformer import CausalConditioner
@@ -199,10 +199,13 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
         _check_labels(labels, input_ids)
         num_flow_layers = check_layer_counts(num_flow_layers, num_frozen_flow_layers, len(self.flow.layers))
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        with torch.set_grad_enabled(torch.is_grad_enabled() and num_frozen_flow_layers == 0):
-            z, log_p_x_given_z, log_q_z = self._encode_and_decode(input_ids, noise)
-        prior = self.flow(z, num_flow_layers, num_frozen_flow_layers, output_u=output_u or bool(output_hidden_states),
-                          check_finite=False)
+        output_u = output_u or bool(output_hidden_states)
+        if not output_u and self._is_tied_stage_one(num_flow_layers):
+            z, log_p_x_given_z, log_q_z, prior = self._tied_stage_one(input_ids, noise, num_frozen_flow_layers)
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and num_frozen_flow_layers == 0):
+                z, log_p_x_given_z, log_q_z = self._encode_and_decode(input_ids, noise)
+            prior = self.flow(z, num_flow_layers, num_frozen_flow_layers, output_u=output_u, check_finite=False)
         nelbo = -(log_p_x_given_z + prior.log_prob - log_q_z)
         output = TarFlowOutput(
             loss=nelbo.sum() / input_ids.numel(), nelbo=nelbo, log_p_x_given_z=log_p_x_given_z,
@@ -219,6 +222,22 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
             log_q_token = log_n.gather(-1, input_ids.unsqueeze(-1)).squeeze(-1)   # log N_x(z)
             log_p_x_given_z = (log_q_token - torch.logsumexp(log_n, dim=-1)).sum(-1)
         return z, log_p_x_given_z, log_q_token.sum(-1)
+
+    def _is_tied_stage_one(self, num_flow_layers: int) -> bool:
+        """Whether the prior is the tied Mix-d first layer alone (progressive stage 1, §3.3)."""
+        coupling = self.flow.layers[0].coupling
+        return num_flow_layers == 1 and getattr(coupling, "components", None) is self.codebook
+
+    def _tied_stage_one(self, input_ids: torch.Tensor, noise: torch.Tensor | None, num_frozen: int):
+        """z, log p(x|z), log q(z|x) and the prior's `FlowOutput` (log p(z) only) when the prior is the tied Mix-d
+        layer alone: the decoder's V-way normaliser and log p_mixd(z) share one token-chunked pass over log N_k(z)
+        (`tied_mixd_likelihood.py`), and log N_x(z) is computed from z − μ_x directly."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and num_frozen == 0):
+            with torch.autocast(input_ids.device.type, enabled=False):
+                z = self.codebook.sample(input_ids, noise)
+                log_q_z = self.codebook.log_prob_of(z, input_ids).sum(-1)
+            log_p_z, log_norm = self.flow.layers[0].log_density_and_normalizer(self.flow.patchify(z))
+        return z, log_q_z - log_norm, log_q_z, FlowOutput(log_prob=log_p_z, hidden_states=(z,))
 
     @torch.no_grad()
     def generate(self, input_ids: torch.LongTensor | None = None,

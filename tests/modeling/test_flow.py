@@ -107,7 +107,7 @@ def test_mixd_forward_equals_sequential_algorithm_1():
     model = single_layer_model("mixd_tied", "l2r", patch_size=2, dtype=torch.float64)
     layer = model.flow.layers[0]
     z = model.encode(torch.randint(0, 11, (1, 4)))
-    h = model.flow._patchify(z)
+    h = model.flow.patchify(z)
     features = layer.conditioner(h)
     u, log_det = layer.coupling(h, features)
     pi = torch.softmax(layer.coupling.mixture_logits(features), -1)      # (1, n, P, K)

@@ -64,7 +64,7 @@ def test_proposition_4_mixd_with_vanishing_sigma_is_discrete_ar_cross_entropy(pa
     ids = torch.randint(0, 11, (4, 16))
     nelbo_per_token = model(ids).loss
     layer = model.flow.layers[0]
-    h = model.flow._patchify(model.codebook.mu[ids])            # z = μ_x exactly
+    h = model.flow.patchify(model.codebook.mu[ids])            # z = μ_x exactly
     logits = layer.coupling.mixture_logits(layer.conditioner(h))  # (B, n, P, V)
     cross_entropy = F.cross_entropy(logits.reshape(-1, 11), ids.reshape(-1))
     assert nelbo_per_token.item() == pytest.approx(cross_entropy.item(), abs=1e-3)

@@ -1,0 +1,69 @@
+"""Where the fused and chunked fast paths of the V-sized Mix-d arithmetic run, and how large their chunks are: the one
+place that knows about devices, caches and the compiler. The equations themselves (`tied_mixd_likelihood.py`,
+`rosenblatt.py`, `couplings.py`) take a chunk size and never ask which device they are on.
+
+- On a CPU a chunk's working set should stay in the core's cache: the V-sized passes are memory-bound once they
+  spill (bench/results/mixture_cdf.json, `speedup_of_chunks`).
+- On a GPU a chunk is as large as a memory budget allows: large chunks keep the matmuls efficient.
+- Under `torch.compile` the plain formulas are traced instead (Inductor fuses their elementwise passes; a custom
+  autograd function with data-dependent branches would break the graph).
+- The codebook matmuls run in IEEE float32 whatever `torch.set_float32_matmul_precision` says: TF32 (GPU) or
+  bf16 (oneDNN on a CPU with AMX) would change log N_k(z) by 1e-3 to 1e-1 nats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+# float32 elements of one chunk's per-component terms on a CPU (1 MiB: half a core's L2 here).
+CPU_CHUNK_ELEMENTS = 1 << 18
+# Rows of a token-chunked V-way pass on a CPU: large enough that the (V, D) head weight, read once per chunk by
+# each matmul, is amortised, small enough that the (rows, V) temporaries stay in the last-level cache
+# (bench/results/scaling.json, `fused_chunk_rows`).
+CPU_TOKEN_ROWS = 64
+# float32 elements of one chunk's (rows, V) temporaries on a GPU (256 MiB each).
+GPU_CHUNK_ELEMENTS = 1 << 26
+
+
+def use_fused_path() -> bool:
+    """Whether the hand-fused, chunked paths run (eager mode), or the plain formulas (under `torch.compile`)."""
+    return not torch.compiler.is_compiling()
+
+
+def rows_per_chunk(device: torch.device, elements_per_row: int, memory_budget: int | None = None) -> int:
+    """Rows of a token-chunked pass whose rows each hold `elements_per_row` V-sized terms, at most `memory_budget`
+    elements at once (a configured budget) and, on a CPU, sized to the cache."""
+    if device.type == "cpu":
+        rows = max(1, CPU_CHUNK_ELEMENTS // elements_per_row)
+    else:
+        rows = max(1, GPU_CHUNK_ELEMENTS // elements_per_row)
+    if memory_budget is not None:
+        rows = min(rows, max(1, memory_budget // elements_per_row))
+    return rows
+
+
+def token_rows(device: torch.device, vocab_size: int) -> int:
+    """Rows (tokens) per chunk of the fused stage-1 likelihood (`tied_mixd_likelihood.py`)."""
+    if device.type == "cpu":
+        return CPU_TOKEN_ROWS
+    return max(1, GPU_CHUNK_ELEMENTS // vocab_size)
+
+
+@contextlib.contextmanager
+def ieee_float32_matmul():
+    """float32 matmuls in IEEE precision inside the block (no TF32, no bf16 passes), restored after it."""
+    saved = torch.get_float32_matmul_precision()
+    if saved == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved)
+
+
+__all__ = ["CPU_CHUNK_ELEMENTS", "CPU_TOKEN_ROWS", "GPU_CHUNK_ELEMENTS", "use_fused_path", "rows_per_chunk",
+           "token_rows", "ieee_float32_matmul"]
