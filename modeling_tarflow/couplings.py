@@ -25,6 +25,7 @@ from .heads import LinearHead, MaskedAutoregressiveHead
 from .mixtures import (log_cdf_pair, mixture_cdf_transform, mixture_inverse_cdf, mixture_log_prob, normal_log_prob,
                        probit_from_log_cdf)
 from .precision import full_precision as _full_precision
+from .mixd_pruning import prune_mixture
 from .root_finding import RootFinding
 from .tied_mixd_likelihood import tied_mixd_log_terms
 
@@ -250,12 +251,24 @@ class MixtureRosenblattCoupling(nn.Module):
             dims, iterations = [], 0
             for i in range(self.latent_dim):
                 log_alpha = torch.log_softmax(log_pi + prefix, dim=-1)
-                result = mixture_inverse_cdf(u[..., i], log_alpha, mu[:, i], log_sigma,
+                result = mixture_inverse_cdf(u[..., i], *self._dimension_mixture(u[..., i], log_alpha, mu[:, i],
+                                                                                 log_sigma, root),
                                              root.tolerance, root.max_iterations, root.fixed_iterations)
                 prefix = prefix + normal_log_prob(result.z.unsqueeze(-1), mu[:, i], log_sigma)
                 dims.append(result.z)
                 iterations = max(iterations, result.iterations)
         return torch.stack(dims, dim=-1).flatten(-2), iterations
+
+    @staticmethod
+    def _dimension_mixture(u_i: torch.Tensor, log_alpha: torch.Tensor, mean: torch.Tensor, log_sigma: torch.Tensor,
+                           root: RootFinding) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log weights, means, log scales) of dimension i's 1-D mixture p(z_i | z_{<i}) (Lemma 1): only the
+        components whose posterior weight can matter (`mixd_pruning.py`, certified), or all of them. The
+        branch-free mode (`torch.compile`) always takes all."""
+        pruned = None if root.fixed_iterations is not None else prune_mixture(u_i, log_alpha, mean, log_sigma)
+        if pruned is None:
+            return log_alpha, mean, log_sigma
+        return pruned.log_w, pruned.mean, pruned.log_scale
 
     def _component_params(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         return self.components.mu.to(dtype), self.components.log_sigma.to(dtype)

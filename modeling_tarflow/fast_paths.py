@@ -27,6 +27,16 @@ CPU_TOKEN_ROWS = 64
 GPU_CHUNK_ELEMENTS = 1 << 26
 
 
+# Components from which a 1-D mixture's root finder sums its CDF in linear space (`mixtures.log_cdf_pair`, one erfc
+# per term) rather than from log Φ terms: below it the per-operation overhead of the longer formula dominates.
+LINEAR_CDF_MIN_COMPONENTS = 256
+
+
+def uses_linear_cdf_sums(num_components: int) -> bool:
+    """Whether a root finder over this many mixture components sums its CDF in linear space."""
+    return num_components >= LINEAR_CDF_MIN_COMPONENTS
+
+
 def use_fused_path() -> bool:
     """Whether the hand-fused, chunked paths run (eager mode), or the plain formulas (under `torch.compile`)."""
     return not torch.compiler.is_compiling()
@@ -65,5 +75,5 @@ def ieee_float32_matmul():
         torch.set_float32_matmul_precision(saved)
 
 
-__all__ = ["CPU_CHUNK_ELEMENTS", "CPU_TOKEN_ROWS", "GPU_CHUNK_ELEMENTS", "use_fused_path", "rows_per_chunk",
+__all__ = ["CPU_CHUNK_ELEMENTS", "CPU_TOKEN_ROWS", "GPU_CHUNK_ELEMENTS", "LINEAR_CDF_MIN_COMPONENTS", "uses_linear_cdf_sums", "use_fused_path", "rows_per_chunk",
            "token_rows", "ieee_float32_matmul"]

@@ -16,10 +16,25 @@ import math
 import torch
 from torch.special import log_ndtr, ndtri
 
+from .fast_paths import uses_linear_cdf_sums
 from .root_finding import RootFindResult, solve_increasing
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 _SQRT_HALF = math.sqrt(0.5)
+
+
+# Terms more than this many nats below a sum's largest are raised to it before `exp`: that changes the sum by at
+# most K·e^{−70} ≈ 2e-26 of it (K ≤ 50257), while vectorised `exp` is 10× slower on inputs far below its range (the
+# log-densities of a codebook's far components reach −10⁴), and e^{−70}/K stays a normal float32.
+EXP_FLOOR = -70.0
+
+
+def log_sum_exp(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """logsumexp over `dim` with the terms below the largest by more than −`EXP_FLOOR` nats floored there: exact to
+    K·e^{−70} relative, and fast where most terms are far below the largest."""
+    peak = x.amax(dim, keepdim=True)
+    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    return (peak + (x - peak).clamp_min_(EXP_FLOOR).exp_().sum(dim, keepdim=True).log()).squeeze(dim)
 
 
 def normal_log_prob(x: torch.Tensor, mean: torch.Tensor | float = 0.0,
@@ -60,13 +75,19 @@ def log_cdf_pair(standardized: torch.Tensor, log_w: torch.Tensor, dim: int = -1)
     sf = torch.where(negative, upper, lower).sum(dim)
     tiny, eps = torch.finfo(cdf.dtype).tiny, torch.finfo(cdf.dtype).eps
     resolved = torch.minimum(cdf, sf) > standardized.shape[dim] * tiny / eps
-    log_cdf, log_sf = torch.log(cdf.clamp_min(tiny)), torch.log(sf.clamp_min(tiny))
+    # F = cdf / (cdf + sf): the weights sum to 1 only up to the rounding of their normalisation (a float32
+    # log-softmax over 50257 logits is off by 1e-4 of its sum), which would move the smaller tail by as much
+    log_total = torch.log(cdf + sf)
+    log_cdf, log_sf = torch.log(cdf.clamp_min(tiny)) - log_total, torch.log(sf.clamp_min(tiny)) - log_total
     # On a CPU the log-space sums are computed only when some entry needs them (a device sync is free there);
     # elsewhere, and under torch.compile, always (no sync, no data-dependent branch).
     if standardized.device.type == "cpu" and not torch.compiler.is_compiling() and bool(resolved.all()):
         return log_cdf, log_sf
-    return (torch.where(resolved, log_cdf, torch.logsumexp(log_w + log_ndtr(standardized), dim=dim)),
-            torch.where(resolved, log_sf, torch.logsumexp(log_w + log_ndtr(-standardized), dim=dim)))
+    log_space_cdf = torch.logsumexp(log_w + log_ndtr(standardized), dim=dim)
+    log_space_sf = torch.logsumexp(log_w + log_ndtr(-standardized), dim=dim)
+    log_space_total = torch.logaddexp(log_space_cdf, log_space_sf)
+    return (torch.where(resolved, log_cdf, log_space_cdf - log_space_total),
+            torch.where(resolved, log_sf, log_space_sf - log_space_total))
 
 
 @torch.no_grad()
@@ -144,10 +165,16 @@ def mixture_inverse_cdf(u: torch.Tensor, log_w: torch.Tensor, mean: torch.Tensor
     lower, upper = (mean - reach).amin(dim=-1), (mean + reach).amax(dim=-1)
     inverse_scale, log_density_offset = 1.0 / scale, log_w - log_scale - LOG_SQRT_2PI
 
+    many = uses_linear_cdf_sums(mean.shape[-1])
+
     def residual_and_slope(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         standardized = (z.unsqueeze(-1) - mean) * inverse_scale
-        log_cdf = torch.logsumexp(log_w + log_ndtr(standardized), dim=-1)
-        log_pdf = torch.logsumexp(torch.addcmul(log_density_offset, standardized, standardized, value=-0.5), dim=-1)
+        log_density = torch.addcmul(log_density_offset, standardized, standardized, value=-0.5)
+        if many:   # one erfc per term instead of a log_ndtr, and far terms floored before exp
+            log_cdf, log_pdf = log_cdf_pair(standardized, log_w)[0], log_sum_exp(log_density)
+        else:      # few terms: fewer operations (the per-operation overhead dominates)
+            log_cdf = torch.logsumexp(log_w + log_ndtr(standardized), dim=-1)
+            log_pdf = torch.logsumexp(log_density, dim=-1)
         return log_cdf - log_target, torch.exp(log_pdf - log_cdf)
 
     # |Δu| ≈ |g|·Φ(u)/φ(u) ≤ |g|/0.79 for u ≤ 0, and g cannot be resolved below the rounding of log F (a few ulps
@@ -202,6 +229,8 @@ def _staircase_quantile(log_target: torch.Tensor, mirror: torch.Tensor, weight: 
 
 
 __all__ = [
+    "EXP_FLOOR",
+    "log_sum_exp",
     "normal_log_prob",
     "mixture_log_prob",
     "mixture_log_cdf",
