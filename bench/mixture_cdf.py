@@ -129,7 +129,7 @@ def rosenblatt_inputs(vocab_size: int, args, generator: torch.Generator):
 def rosenblatt_variants(coupling: MixtureRosenblattCoupling, z: torch.Tensor, features: torch.Tensor) -> dict:
     """The transform three ways: the library's (`forward`: linear-space sums, CPU-cache-sized chunks), the same in
     one chunk, and the reference (log-space sums, log|det| from d mixture densities, one chunk)."""
-    unchunked = mock.patch("modeling_tarflow.couplings.CPU_CHUNK_ELEMENTS", 1 << 62)
+    unchunked = mock.patch("modeling_tarflow.fast_paths.CPU_CHUNK_ELEMENTS", 1 << 62)
 
     def one_chunk():
         with unchunked:

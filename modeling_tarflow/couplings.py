@@ -25,14 +25,12 @@ from .heads import LinearHead, MaskedAutoregressiveHead
 from .mixtures import (log_cdf_pair, mixture_cdf_transform, mixture_inverse_cdf, mixture_log_prob, normal_log_prob,
                        probit_from_log_cdf)
 from .precision import full_precision as _full_precision
-from .mixd_pruning import prune_mixture
+from .fast_paths import rows_per_chunk, uses_pruned_transform
+from .mixd_pruning import prune_mixture, pruned_rosenblatt_u
 from .root_finding import RootFinding
-from .tied_mixd_likelihood import tied_mixd_log_terms
+from .tied_mixd_likelihood import mixd_log_density, tied_mixd_log_terms
 
 EXACT = RootFinding()
-# Elements (float32: 1 MiB) of the Rosenblatt transform's per-dimension terms computed at once on a CPU, so that a
-# chunk's terms stay in the L2 cache (bench/results/mixture_cdf.json: `speedup_of_chunks`).
-CPU_CHUNK_ELEMENTS = 1 << 18
 
 
 class ElementwiseCoupling(nn.Module, metaclass=abc.ABCMeta):
@@ -184,9 +182,12 @@ class MixtureRosenblattCoupling(nn.Module):
         # checkpointing). On a CPU they also go in chunks that keep their terms in the L2 cache (no recomputation
         # needed): the transform is some twenty elementwise passes over them, memory-bound once they spill.
         per_row = self.patch_size * self.num_mixtures * self.latent_dim
-        memory_rows = max(1, self.max_chunk_elements // per_row)
-        rows = min(memory_rows, max(1, CPU_CHUNK_ELEMENTS // per_row)) if h.device.type == "cpu" else memory_rows
-        transform = self._checkpointed_rosenblatt if memory_rows < z.shape[0] else self._rosenblatt
+        if not torch.is_grad_enabled() and uses_pruned_transform(self.num_mixtures):
+            rows, transform = rows_per_chunk(h.device, per_row, pruned=True), self._frozen_rosenblatt
+        else:
+            rows = rows_per_chunk(h.device, per_row, self.max_chunk_elements)
+            memory_rows = max(1, self.max_chunk_elements // per_row)
+            transform = self._checkpointed_rosenblatt if memory_rows < z.shape[0] else self._rosenblatt
         pieces = [transform(z[s:s + rows], logits[s:s + rows]) for s in range(0, z.shape[0], rows)]
         u, log_det = torch.cat([u for u, _ in pieces]), torch.cat([log_det for _, log_det in pieces])
         return u.unflatten(0, (batch, length)), log_det.unflatten(0, (batch, length))
@@ -218,6 +219,27 @@ class MixtureRosenblattCoupling(nn.Module):
         log_norm = sum(norm for norm, _ in terms).view(batch, patches)
         log_p = sum(density for _, density in terms).view(batch, patches)
         return log_p, log_norm
+
+    def _frozen_rosenblatt(self, z: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_rosenblatt` without gradients (a frozen layer, progressive stages 2–3), from the certified-kept
+        components of dimensions ≥ 2 (`mixd_pruning.pruned_rosenblatt_u`); the tokens it cannot certify, or a
+        chunk where pruning would not pay, take `_rosenblatt`. log|det| = log p_mixd(z) − log N(u; 0, I), with
+        log p_mixd from the codebook distances' float64 factors (`tied_mixd_likelihood.mixd_log_density`)."""
+        context, (z, logits) = _full_precision(z, logits)
+        with context:
+            mu, log_sigma = self._component_params(z.dtype)
+            log_pi = torch.log_softmax(logits, dim=-1).flatten(0, -2)
+            tokens = z.flatten(0, -2)
+            pruned = pruned_rosenblatt_u(tokens, log_pi, mu, log_sigma)
+            if pruned is None:
+                return self._rosenblatt(z, logits)
+            u, certified = pruned
+            log_det = mixd_log_density(tokens, log_pi, mu, log_sigma) - normal_log_prob(u).sum(-1)
+            u, log_det = u.view(z.shape[0], -1), log_det.view(z.shape[:-1]).sum(-1)
+            redo = ~certified.view(z.shape[0], -1).all(-1)
+            if bool(redo.any()):
+                u[redo], log_det[redo] = self._rosenblatt(z[redo], logits[redo])
+        return u, log_det
 
     def _checkpointed_rosenblatt(self, z: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not torch.is_grad_enabled():

@@ -42,10 +42,27 @@ def use_fused_path() -> bool:
     return not torch.compiler.is_compiling()
 
 
-def rows_per_chunk(device: torch.device, elements_per_row: int, memory_budget: int | None = None) -> int:
+# Components from which a frozen Mix-d layer's transform prunes its components (`mixd_pruning.py`); below it the
+# dense transform is as fast.
+PRUNED_TRANSFORM_MIN_COMPONENTS = 1024
+# float32 elements of the pruned transform's (d − 1, tokens, K) estimates per chunk (32 MiB): enough tokens per
+# chunk for an efficient matmul and few Python steps.
+PRUNED_CHUNK_ELEMENTS = 1 << 23
+
+
+def uses_pruned_transform(num_components: int) -> bool:
+    """Whether a frozen Mix-d layer with this many components prunes them (`MixtureRosenblattCoupling.forward`)."""
+    return num_components >= PRUNED_TRANSFORM_MIN_COMPONENTS
+
+
+def rows_per_chunk(device: torch.device, elements_per_row: int, memory_budget: int | None = None,
+                   pruned: bool = False) -> int:
     """Rows of a token-chunked pass whose rows each hold `elements_per_row` V-sized terms, at most `memory_budget`
-    elements at once (a configured budget) and, on a CPU, sized to the cache."""
-    if device.type == "cpu":
+    elements at once (a configured budget) and, on a CPU, sized to the cache (`pruned`: the pruned transform's
+    budget instead)."""
+    if pruned:
+        rows = max(1, PRUNED_CHUNK_ELEMENTS // elements_per_row)
+    elif device.type == "cpu":
         rows = max(1, CPU_CHUNK_ELEMENTS // elements_per_row)
     else:
         rows = max(1, GPU_CHUNK_ELEMENTS // elements_per_row)
@@ -75,5 +92,5 @@ def ieee_float32_matmul():
         torch.set_float32_matmul_precision(saved)
 
 
-__all__ = ["CPU_CHUNK_ELEMENTS", "CPU_TOKEN_ROWS", "GPU_CHUNK_ELEMENTS", "LINEAR_CDF_MIN_COMPONENTS", "uses_linear_cdf_sums", "use_fused_path", "rows_per_chunk",
+__all__ = ["PRUNED_TRANSFORM_MIN_COMPONENTS", "PRUNED_CHUNK_ELEMENTS", "uses_pruned_transform", "CPU_CHUNK_ELEMENTS", "CPU_TOKEN_ROWS", "GPU_CHUNK_ELEMENTS", "LINEAR_CDF_MIN_COMPONENTS", "uses_linear_cdf_sums", "use_fused_path", "rows_per_chunk",
            "token_rows", "ieee_float32_matmul"]

@@ -19,7 +19,8 @@ from typing import NamedTuple
 import torch
 from torch.special import log_ndtr
 
-from .mixtures import log_sum_exp
+from .fast_paths import ieee_float32_matmul
+from .mixtures import EXP_FLOOR, LOG_SQRT_2PI, log_cdf_pair, log_sum_exp, probit_from_log_cdf
 
 # ε: the discarded posterior mass, relative to the smaller tail Φ(−|u|) of the equation being solved.
 PRUNING_TOLERANCE = 1e-7
@@ -62,3 +63,95 @@ def prune_mixture(u: torch.Tensor, log_alpha: torch.Tensor, mean: torch.Tensor, 
 
 
 __all__ = ["PRUNING_TOLERANCE", "PrunedMixture", "pruning_log_threshold", "prune_mixture"]
+
+
+# The frozen forward transform (progressive stages 2–3, Alg. 1) prunes the same way, before the tails are known: a
+# row (token, dimension) keeps the components within log(ε·T/K) of its largest weight, which certifies every row
+# whose smaller tail min(F, 1 − F) is at least T; the tokens with a row below (|u| ≳ 4.3) are recomputed with all
+# components.
+FORWARD_MIN_TAIL = 1e-5
+# Above this fraction of kept (token, dimension, component) terms the dense transform is cheaper.
+DENSE_FRACTION = 0.2
+
+
+def prefix_log_weights(z: torch.Tensor, log_pi: torch.Tensor, mu: torch.Tensor,
+                       log_sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Estimates of log π_k + Σ_{i'<i} log N(z_{i'}; μ_{k,i'}, σ_k²) (Lemma 1's unnormalised log α_k^(i)) for the
+    dimensions i ≥ 2, (d − 1, N, K), by one float32 matmul of centred factors (the per-(k, i) constants ride along
+    through one-hot columns), and a bound on their error per token (1, N, 1): only pruning decisions are taken
+    from them."""
+    rows, dim = z.shape
+    centre = mu.mean(0)
+    centred_z, centred_mu = z - centre, mu - centre
+    precision = torch.exp(-2 * log_sigma)
+    eye = torch.eye(dim - 1, dtype=z.dtype, device=z.device)
+    before = torch.ones(dim, dim, dtype=z.dtype, device=z.device).tril(-1)[1:]       # [i' < i], i ≥ 2
+    masked = centred_z * before[:, None, :]                                          # (d − 1, N, d)
+    latents = torch.cat([masked, masked.square().sum(-1, keepdim=True), eye[:, None, :].expand(-1, rows, -1)], -1)
+    offsets = (-0.5 * precision[:, None] * (centred_mu.square() @ before.T)
+               - torch.arange(1, dim, device=z.device) * (log_sigma[:, None] + LOG_SQRT_2PI))  # (K, d − 1)
+    codebook = torch.cat([centred_mu * precision[:, None], -0.5 * precision[:, None], offsets], -1)
+    with ieee_float32_matmul():
+        estimate = (latents.reshape((dim - 1) * rows, -1) @ codebook.T).view(dim - 1, rows, -1)
+    estimate += log_pi
+    # rounding of a length-(2d) dot product and one addition: (2d + 1)·eps times the magnitudes summed
+    magnitude = (precision.max() * (centred_z.square().sum(-1) + centred_mu.square().sum(-1).max())
+                 + offsets.abs().max() + log_pi.abs().amax(-1))
+    error = (2 * dim + 1) * torch.finfo(z.dtype).eps * magnitude + 1e-4
+    return estimate, error.view(1, rows, 1)
+
+
+def pruned_rosenblatt_u(z: torch.Tensor, log_pi: torch.Tensor, mu: torch.Tensor,
+                        log_sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """u (N, d) of the Rosenblatt transform (Alg. 1) of rows z (N, d) under the mixtures π (log, (N, K)) of the
+    components (μ, σ), and which entries it certifies (N, d): dimension 1 (α = π) from all components, the others
+    from the certified-kept ones; None when pruning would keep more than `DENSE_FRACTION` of their terms."""
+    estimate, error = prefix_log_weights(z, log_pi, mu, log_sigma)
+    peak = estimate.amax(-1, keepdim=True)                                           # (d − 1, N, 1)
+    kept = estimate >= peak + (math.log(PRUNING_TOLERANCE * FORWARD_MIN_TAIL / mu.shape[0]) - 2 * error)
+    if int(kept.sum()) > DENSE_FRACTION * kept.numel():
+        return None
+    dimension, token, component = kept.nonzero(as_tuple=True)                       # grouped by dimension
+    dimension = dimension + 1
+    standardized, log_w = _kept_terms(z, log_pi, mu, log_sigma, dimension, token, component)
+    row = (dimension - 1) * z.shape[0] + token
+    weight = torch.exp((log_w - peak.view(-1)[row]).clamp_min(EXP_FLOOR))
+    cdf, sf = _row_tails(standardized, weight, row, peak.numel())
+    # every discarded weight is below ε·T/K of the row's largest (kept) one, whatever the estimates' errors
+    certified = torch.minimum(cdf, sf) >= FORWARD_MIN_TAIL * (cdf + sf)
+    tiny = torch.finfo(torch.float64).tiny
+    u_rest = probit_from_log_cdf(torch.log(cdf.clamp_min(tiny) / (cdf + sf)),
+                                 torch.log(sf.clamp_min(tiny) / (cdf + sf))).to(z.dtype)
+    first = (z[:, :1] - mu[:, 0]) * torch.exp(-log_sigma)                            # (N, K), α^(1) = π
+    u_first = probit_from_log_cdf(*log_cdf_pair(first, log_pi))
+    u = torch.cat([u_first[:, None], u_rest.view(z.shape[1] - 1, -1).T], 1)
+    return u, torch.cat([torch.ones_like(certified[:z.shape[0], None]), certified.view(z.shape[1] - 1, -1).T], 1)
+
+
+def _row_tails(standardized: torch.Tensor, weight: torch.Tensor, row: torch.Tensor,
+               rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ w Φ(s), Σ w Φ(−s)) per row from its kept terms, both tails from one erfc per term (`log_cdf_pair`),
+    summed in float64: a row may add up thousands of terms one after another."""
+    lower = 0.5 * torch.erfc(standardized.abs() * math.sqrt(0.5)) * weight
+    negative = standardized < 0
+    cdf = weight.new_zeros(rows, dtype=torch.float64).index_add_(0, row, torch.where(negative, lower, weight - lower).double())
+    sf = torch.zeros_like(cdf).index_add_(0, row, torch.where(negative, weight - lower, lower).double())
+    return cdf, sf
+
+
+def _kept_terms(z, log_pi, mu, log_sigma, dimension, token, component) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exactly, for each kept (dimension i, token, component k), grouped by i: s = (z_i − μ_{k,i})/σ_k and
+    log π_k + Σ_{i'<i} log N(z_{i'}; μ_{k,i'}, σ_k²), from the differences z − μ_k (i of them for dimension i)."""
+    inverse_scale = torch.exp(-log_sigma[component])
+    standardized = (z[token, dimension] - mu[component, dimension]) * inverse_scale
+    prefix = torch.empty_like(standardized)
+    bounds = torch.searchsorted(dimension, torch.arange(z.shape[1] + 1, device=z.device)).tolist()
+    for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+        pairs = slice(start, stop)
+        scaled = (z[token[pairs], :i] - mu[component[pairs], :i]) * inverse_scale[pairs, None]
+        prefix[pairs] = -0.5 * scaled.square().sum(-1)
+    prefix = prefix - dimension * (log_sigma[component] + LOG_SQRT_2PI)
+    return standardized, log_pi[token, component] + prefix
+
+
+__all__ += ["FORWARD_MIN_TAIL", "DENSE_FRACTION", "prefix_log_weights", "pruned_rosenblatt_u"]

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .fast_paths import ieee_float32_matmul, token_rows, use_fused_path
-from .mixtures import EXP_FLOOR, LOG_SQRT_2PI
+from .mixtures import EXP_FLOOR, LOG_SQRT_2PI, log_sum_exp
 
 
 def tied_mixd_log_terms_reference(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, z: torch.Tensor,
@@ -97,7 +97,7 @@ class _Chunk:
             out["log_n_weighted"].add_((grad_log_n * self.log_n).sum(0))
 
 
-def _augmented_distance_factors(centred_z: torch.Tensor, centred_mu: torch.Tensor,
+def codebook_distance_factors(centred_z: torch.Tensor, centred_mu: torch.Tensor,
                                 log_sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Factors whose product is log N_k(z) (N, K): [z', ‖z'‖², 1] and
     [μ'_k e^{−2s_k}, −½e^{−2s_k}, −½e^{−2s_k}‖μ'_k‖² − d(s_k + ½log 2π)], in float64. The product cancels
@@ -132,7 +132,7 @@ class _Terms:
         centred_z, centred_mu = z - self.centre, mu - self.centre
         self.precision = torch.exp(-2 * log_sigma)                                  # e^{−2s_k}
         self.centred_z, self.centred_mu = centred_z, centred_mu
-        self.latents_aug, self.codebook_aug = _augmented_distance_factors(centred_z, centred_mu, log_sigma)
+        self.latents_aug, self.codebook_aug = codebook_distance_factors(centred_z, centred_mu, log_sigma)
         self.precision_mu_aug = torch.cat([centred_mu * self.precision[:, None], self.precision[:, None]], 1)
 
     def chunks(self):
@@ -226,4 +226,13 @@ def _uniform_scale(grad_norm: torch.Tensor | None, grad_mixd: torch.Tensor | Non
     return scale[0] if bool(uniform.all()) else None
 
 
-__all__ = ["tied_mixd_log_terms", "tied_mixd_log_terms_reference", "ChunkedTiedMixdTerms"]
+def mixd_log_density(z: torch.Tensor, log_pi: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    """log p_mixd(z) = LSE_k(log π_k + log N_k(z)) per row, z (N, d), log π (N, K): log N_k(z) from the float64
+    factors of `codebook_distance_factors` (a (N, K) matmul), rounded to z's dtype."""
+    centre = mu.mean(0)
+    latents, codebook = codebook_distance_factors(z - centre, mu - centre, log_sigma)
+    return log_sum_exp((latents @ codebook.T).to(z.dtype) + log_pi)
+
+
+__all__ = ["tied_mixd_log_terms", "tied_mixd_log_terms_reference", "ChunkedTiedMixdTerms", "codebook_distance_factors",
+           "mixd_log_density"]

@@ -76,3 +76,61 @@ def test_branch_free_mode_solves_the_full_mixture(monkeypatch):
 
 def test_tolerance_is_the_module_constant():
     assert mixd_pruning.PRUNING_TOLERANCE == PRUNING_TOLERANCE <= 1e-7
+
+
+def frozen_inputs(vocab: int, patch: int, log_sigma: float, seed: int = 0):
+    """A Mix-d layer with patches of latents drawn from its codebook, and the features its head reads."""
+    coupling, generator = tied_coupling(vocab, dim=8, log_sigma=log_sigma, seed=seed)
+    coupling = MixtureRosenblattCoupling(8, patch, 8, vocab, coupling.components).requires_grad_(False)
+    with torch.no_grad():
+        coupling.head.weight.normal_(generator=generator)
+        coupling.head.bias.zero_()
+    codebook = coupling.components
+    ids = torch.randint(0, vocab, (2, 6 * patch), generator=generator)
+    z = codebook.mu[ids] + codebook.log_sigma[ids].exp()[..., None] * torch.randn(2, 6 * patch, 8, generator=generator)
+    return coupling, z.reshape(2, 6, patch * 8), torch.randn(2, 6, 8, generator=generator)
+
+
+@pytest.mark.parametrize("patch, log_sigma", [(1, -2.5), (2, -3.0)])
+def test_frozen_pruned_transform_matches_float64(patch, log_sigma, monkeypatch):
+    """The frozen layer's u within max(1e-5, 1.5× the dense float32 transform's error) of float64, its log|det|
+    within 1e-4·max(1, |log det|); the pruned path is the one that ran."""
+    coupling, z, features = frozen_inputs(3000, patch, log_sigma)
+    ran = []
+    original = couplings.pruned_rosenblatt_u
+    monkeypatch.setattr(couplings, "pruned_rosenblatt_u", lambda *a: ran.append(original(*a)) or ran[-1])
+    with torch.no_grad():
+        u, log_det = coupling(z, features)
+    assert ran and all(result is not None for result in ran)
+    u_dense, _ = coupling(z.clone().requires_grad_(True), features)                   # with gradients: dense
+    u64, log_det64 = coupling.double()(z.double(), features.double())
+    dense_error = (u_dense.double() - u64).abs().max()
+    assert (u.double() - u64).abs().max() <= max(1e-5, 1.5 * dense_error)
+    assert ((log_det.double() - log_det64).abs() <= 1e-4 * log_det64.abs().clamp_min(1)).all()
+
+
+def test_frozen_transform_recomputes_tokens_it_cannot_certify(monkeypatch):
+    coupling, z, features = frozen_inputs(3000, 1, -2.5)
+    original = couplings.pruned_rosenblatt_u
+
+    def uncertain_first_token(*args):
+        u, certified = original(*args)
+        certified[0, 3] = False
+        return u.fill_(7.0), certified                                   # a wrong u everywhere it is not redone
+    redone = []
+    dense = coupling._rosenblatt
+    monkeypatch.setattr(couplings, "pruned_rosenblatt_u", uncertain_first_token)
+    monkeypatch.setattr(coupling, "_rosenblatt", lambda *a: redone.append(a[0].shape[0]) or dense(*a))
+    with torch.no_grad():
+        u, _ = coupling(z, features)
+    assert redone == [1] and bool((u.view(-1, 8)[0] != 7.0).all()) and bool((u.view(-1, 8)[1:] == 7.0).all())
+
+
+def test_frozen_transform_falls_back_to_dense_when_pruning_would_not_pay(monkeypatch):
+    coupling, z, features = frozen_inputs(3000, 1, 1.0)                  # wide components: nothing prunes
+    assert mixd_pruning.pruned_rosenblatt_u(z.view(-1, 8), torch.log_softmax(torch.zeros(12, 3000), -1),
+                                            coupling.components.mu, coupling.components.log_sigma) is None
+    with torch.no_grad():
+        u, log_det = coupling(z, features)
+    u_dense, log_det_dense = coupling._rosenblatt(z.view(12, 1, 8), coupling.mixture_logits(features).flatten(0, 1))
+    torch.testing.assert_close(u, u_dense.view_as(u))
