@@ -18,7 +18,12 @@ one step above what was held before it, per token: `torch.cuda.max_memory_alloca
 resident memory of a forked process that runs the step.
 
     python -m bench.scaling [--vocab_sizes 27 1024 8192 50257] [--lengths 64 128 256] [--device cpu]
+    python -m bench.scaling --vocab_sizes 27 50257 --lengths --before 9651dcc --token_rows 16 32 64 128
     python -m bench.scaling --quick --output_dir /tmp/scaling     # tiny sizes in seconds: checks the script runs
+
+`--before COMMIT` adds every mode with the model code of that commit (same weights, interleaved): the fused
+stage-1 pass (`tied_mixd_likelihood.py`) and the pruned frozen transform (`mixd_pruning.py`) against the code
+before them.
 
 Writes <output_dir>/scaling.json (default bench/results/) and a plot, scaling.png (when matplotlib is installed).
 """
@@ -34,9 +39,10 @@ from pathlib import Path
 
 import torch
 
+from bench.code_at import same_model_at
 from bench.environment import RESULTS_DIR, write_result
 from bench.forward import gpt2_like
-from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM
+from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM, fast_paths
 
 MODES = {  # TarFlowLM forward arguments of each training mode
     "stage1": {"num_flow_layers": 1, "output_u": False},
@@ -53,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vocab_sizes", type=int, nargs="+", default=[27, 1024, 8192, 50257],
                         help="vocabulary sizes V of the vocabulary sweep (at --length tokens)")
     parser.add_argument("--length", type=int, default=128, help="tokens per sequence in the vocabulary sweep")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256],
+    parser.add_argument("--lengths", type=int, nargs="*", default=[64, 128, 256],
                         help="sequence lengths of the length sweep (at --length_sweep_vocab_size)")
     parser.add_argument("--length_sweep_vocab_size", type=int, default=8192, help="V of the length sweep")
     parser.add_argument("--latent_dim", type=int, default=16, help="d, the latent dimension per token")
@@ -66,6 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES), help="TarFlowLM modes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--before", default=None,
+                        help="also time every TarFlowLM mode with the model code of this git commit, same weights, "
+                             "interleaved (`bench/code_at.py`)")
+    parser.add_argument("--token_rows", type=int, nargs="*", default=[],
+                        help="also time stage 1 at the largest V with these rows per chunk of the fused pass "
+                             "(`fast_paths.CPU_TOKEN_ROWS`)")
     parser.add_argument("--quick", action="store_true", help=f"tiny sizes, one round (seconds): {QUICK}")
     parser.add_argument("--output_dir", default=str(RESULTS_DIR), help="where scaling.json and scaling.png go")
     parser.add_argument("--output", default="scaling", help="name of the JSON file (and of the PNG)")
@@ -99,8 +111,26 @@ def training_steps(vocab_size: int, length: int, args) -> dict:
 
     steps = {f"tarflow_{mode}": step(tarflow, lambda kwargs=MODES[mode]: tarflow(ids, **kwargs).loss)
              for mode in args.modes}
+    if args.before:
+        before = same_model_at(args.before, tarflow)
+        steps.update({f"tarflow_{mode}_before": step(before, lambda kwargs=MODES[mode]: before(ids, **kwargs).loss)
+                      for mode in args.modes})
+    if args.token_rows and vocab_size == max(args.vocab_sizes) and length == args.length:
+        steps.update({f"tarflow_stage1_rows{rows}": step(tarflow, with_token_rows(rows, lambda: tarflow(
+            ids, **MODES["stage1"]).loss)) for rows in args.token_rows})
     steps["gpt2"] = step(gpt2, lambda: gpt2(ids, labels=ids).loss)
     return steps
+
+
+def with_token_rows(rows: int, loss):
+    """`loss` with the fused stage-1 pass in chunks of `rows` tokens on a CPU."""
+    def run():
+        saved, fast_paths.CPU_TOKEN_ROWS = fast_paths.CPU_TOKEN_ROWS, rows
+        try:
+            return loss()
+        finally:
+            fast_paths.CPU_TOKEN_ROWS = saved
+    return run
 
 
 def synchronize(device: str) -> None:
@@ -220,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
     for length in args.lengths:
         rows += [{**row, "sweep": "sweep_length"}
                  for row in measure_point(args.length_sweep_vocab_size, length, args)]
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     png = plot(rows, args, Path(args.output_dir) / f"{args.output}.png")
     result = {"config": vars(args), "modes": MODES, "results": rows, "plot": png,
               "wall_seconds": time.perf_counter() - started}

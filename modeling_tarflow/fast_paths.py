@@ -37,8 +37,16 @@ def uses_linear_cdf_sums(num_components: int) -> bool:
     return num_components >= LINEAR_CDF_MIN_COMPONENTS
 
 
-def use_fused_path() -> bool:
-    """Whether the hand-fused, chunked paths run (eager mode), or the plain formulas (under `torch.compile`)."""
+# Components from which the stage-1 likelihood takes its fused, chunked pass: below it the (tokens, K) terms are
+# small and the plain formula's few operations are faster.
+FUSED_LIKELIHOOD_MIN_COMPONENTS = 1024
+
+
+def use_fused_path(num_components: int | None = None) -> bool:
+    """Whether the hand-fused, chunked paths run (eager mode, and at least `FUSED_LIKELIHOOD_MIN_COMPONENTS`
+    components when given), or the plain formulas (under `torch.compile`, or for few components)."""
+    if num_components is not None and num_components < FUSED_LIKELIHOOD_MIN_COMPONENTS:
+        return False
     return not torch.compiler.is_compiling()
 
 
@@ -92,5 +100,5 @@ def ieee_float32_matmul():
         torch.set_float32_matmul_precision(saved)
 
 
-__all__ = ["PRUNED_TRANSFORM_MIN_COMPONENTS", "PRUNED_CHUNK_ELEMENTS", "uses_pruned_transform", "CPU_CHUNK_ELEMENTS", "CPU_TOKEN_ROWS", "GPU_CHUNK_ELEMENTS", "LINEAR_CDF_MIN_COMPONENTS", "uses_linear_cdf_sums", "use_fused_path", "rows_per_chunk",
+__all__ = ["PRUNED_TRANSFORM_MIN_COMPONENTS", "PRUNED_CHUNK_ELEMENTS", "uses_pruned_transform", "CPU_CHUNK_ELEMENTS", "CPU_TOKEN_ROWS", "GPU_CHUNK_ELEMENTS", "LINEAR_CDF_MIN_COMPONENTS", "FUSED_LIKELIHOOD_MIN_COMPONENTS", "uses_linear_cdf_sums", "use_fused_path", "rows_per_chunk",
            "token_rows", "ieee_float32_matmul"]

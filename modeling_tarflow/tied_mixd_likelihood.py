@@ -47,10 +47,10 @@ def tied_mixd_log_terms(features: torch.Tensor, weight: torch.Tensor, bias: torc
                         mu: torch.Tensor, log_sigma: torch.Tensor,
                         normalizer_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """`tied_mixd_log_terms_reference`, by the chunked fast path in eager mode (the plain formula under
-    `torch.compile`). z, μ, log σ in float32 or wider; `features`, `weight` and `bias` may be bf16 (the head's
+    `torch.compile`, and for fewer than `fast_paths.FUSED_LIKELIHOOD_MIN_COMPONENTS` components). z, μ, log σ in float32 or wider; `features`, `weight` and `bias` may be bf16 (the head's
     matmul then runs in bf16, as under autocast). `normalizer_weight` (w): the fast path computes the gradients of
     c·(w·LSE a − log p_mixd) summed over rows in its forward pass — w = 1 in the NELBO, 0 for a density alone."""
-    if not use_fused_path():
+    if not use_fused_path(mu.shape[0]):
         return tied_mixd_log_terms_reference(features.to(z.dtype), weight.to(z.dtype), bias.to(z.dtype), z, mu,
                                              log_sigma)
     rows = token_rows(z.device, mu.shape[0])

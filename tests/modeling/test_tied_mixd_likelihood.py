@@ -121,14 +121,16 @@ def test_nothing_vocabulary_sized_is_saved_for_backward():
 
 
 def test_compiled_mode_traces_the_plain_formula(monkeypatch):
-    """Under torch.compile the reference formula runs (Inductor fuses it); it gives the same NELBO parts."""
-    config = TarFlowConfig(vocab_size=300, latent_dim=4, patch_size=2, hidden_size=32, num_attention_heads=2,
+    """Under torch.compile (and for small vocabularies) the reference formula runs (Inductor fuses it); it gives
+    the same NELBO parts."""
+    assert not tied_mixd_likelihood.use_fused_path(27) and tied_mixd_likelihood.use_fused_path(50257)
+    config = TarFlowConfig(vocab_size=1500, latent_dim=4, patch_size=2, hidden_size=32, num_attention_heads=2,
                            max_position_embeddings=16, flow_layers=[{"coupling": "mixture_rosenblatt", "num_layers": 1},
                                                                     {"coupling": "affine", "num_layers": 1}])
     model = TarFlowForCausalFlowLM(config)
-    ids, noise = torch.randint(0, 300, (3, 16)), torch.randn(3, 16, 4)
+    ids, noise = torch.randint(0, 1500, (3, 16)), torch.randn(3, 16, 4)
     fast = model(ids, noise=noise, num_flow_layers=1, output_u=False)
-    monkeypatch.setattr(tied_mixd_likelihood, "use_fused_path", lambda: False)
+    monkeypatch.setattr(tied_mixd_likelihood, "use_fused_path", lambda *_: False)
     plain = model(ids, noise=noise, num_flow_layers=1, output_u=False)
     for name in ("nelbo", "log_p_x_given_z", "log_p_z", "log_q_z"):
         torch.testing.assert_close(getattr(fast, name), getattr(plain, name), rtol=0, atol=1e-3)
