@@ -7,6 +7,8 @@
   TarFlowLM in the text8-Mix-d (V 27, d 5, 256 tokens) and OWT-Mix-d (V 50257, d 16, 1024 tokens; progressive
   stage 1 and stage 3) shapes of the text8-mixd / owt-mixd presets (§4's Mix-d) at GPT-2-small width (3 flow
   layers × 4 transformer layers, 768 wide, 12 heads) against `GPT2LMHeadModel` with the same 12 layers, vocabulary and length — eager, then under `torch.compile`;
+- the Mix-d layer at GPT-2's vocabulary (OWT-Mix-d shape): the frozen transform alone, pruned against dense, and
+  exact sampling at batch 1 and 16 against GPT-2's `generate`;
 - sampling: tokens/s of TarFlowLM (text8-Mix-d shape, briefly trained on the shipped corpus so no flow is the
   identity) at batch 1/32/256 and patch 1/2/4, sequential and Jacobi, against GPT-2's `generate` (KV cache), with
   `bench/sampling.py`'s own functions; then, as time allows, with the compiled coupling inverse and GPT-2's
@@ -212,6 +214,46 @@ def compiled_gpt2_generate(args) -> dict:
             "seconds": seconds}
 
 
+def mixd_vocabulary(args) -> dict:
+    """At the OWT-Mix-d shape (V = 50257, d = 16): the frozen Mix-d transform alone (no_grad, progressive stages
+    2–3), pruned (the library) against dense, tokens/s and largest |Δu|; and exact sequential sampling at batch 1
+    and 16 against GPT-2's `generate` of the same transformer (the model untrained: its π is near uniform, so
+    dimension 1 keeps every component)."""
+    tarflow, gpt2, length, _ = models_of("owt_mixd", args)
+    tarflow.eval().requires_grad_(False)
+    gpt2.eval()
+    layer, tokens = tarflow.flow.layers[0], min(length, 64 if not args.dry else 8)
+    ids = torch.randint(0, tarflow.config.vocab_size, (4, tokens), device=args.device)
+    with torch.no_grad():
+        x = tarflow.flow.patchify(tarflow.encode(ids))
+        features = layer.conditioner(x)
+        dense = lambda: mock_dense(layer.coupling, x, features)
+        transform = {"library": lambda: layer.coupling(x, features), "dense": dense}
+        seconds = {name: [sampling.timed(lambda seed: run(), 0)[0] for _ in range(2)] for name, run in transform.items()}
+        drift = float((transform["library"]()[0] - dense()[0]).abs().max())
+    rows = {"frozen_transform_tokens_per_second": {name: ids.numel() / min(t) for name, t in seconds.items()},
+            "frozen_transform_max_abs_difference_u": drift}
+    new_tokens = 8 if args.dry else 32
+    for batch in (1, 2 if args.dry else 16):
+        start = torch.zeros(batch, 1, dtype=torch.long, device=args.device)
+        runs = {"tarflow": lambda seed: tarflow.generate(max_new_tokens=new_tokens, num_return_sequences=batch,
+                                                         seed=seed, decoding="sequential"),
+                "gpt2": lambda seed: gpt2.generate(start, attention_mask=torch.ones_like(start), do_sample=True,
+                                                   pad_token_id=0, max_new_tokens=new_tokens,
+                                                   min_new_tokens=new_tokens)}
+        speed = {name: batch * new_tokens / min(sampling.timed(run, seed)[0] for seed in range(2))
+                 for name, run in runs.items()}
+        rows[f"sampling_batch{batch}_tokens_per_second"] = {**speed, "ratio": speed["tarflow"] / speed["gpt2"]}
+    return rows
+
+
+def mock_dense(coupling, x, features):
+    """The coupling's dense frozen transform (pruning off)."""
+    from unittest import mock
+    with mock.patch("modeling_tarflow.couplings.uses_pruned_transform", lambda _: False):
+        return coupling(x, features)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -220,6 +262,7 @@ def main(argv=None) -> dict:
     run.section("round_trip", lambda: round_trip_check(args), 30)
     for shape in args.plan["shapes"]:
         run.section(f"training_{shape}", lambda shape=shape: time_training(shape, args, compiled=False), 60)
+    run.section("mixd_vocabulary", lambda: mixd_vocabulary(args), 90)
     built = {}
     run.section("sampling", lambda: time_sampling(args, built, []), 150)
     for shape in args.plan["compiled_shapes"]:

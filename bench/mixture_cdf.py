@@ -14,19 +14,28 @@ near underflow (`modeling_tarflow.mixtures.log_cdf_pair`). Timed, interleaved, o
   mixture densities, one chunk), with the largest differences in u and log|det| between library and reference.
 
     python -m bench.mixture_cdf [--vocab_sizes 1024 8192 50257] [--tokens 256] [--rounds 3]
+    python -m bench.mixture_cdf --before 9651dcc --model_folder outputs/bpe-mixd --tokens 128   # and real inputs
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import gzip
+import json
 import statistics
 import time
+from pathlib import Path
 from unittest import mock
 
 import torch
+from transformers import AutoTokenizer
 
+from bench.code_at import model_code_at
 from bench.environment import RESULTS_DIR, write_result
 from bench.scaling import seconds_per_step
+from modeling_tarflow import TarFlowForCausalFlowLM
 from modeling_tarflow.codebook import GaussianCodebook
 from modeling_tarflow.couplings import MixtureRosenblattCoupling
 from modeling_tarflow.mixtures import log_cdf_pair, mixture_cdf_transform
@@ -42,6 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mix1_mixtures", type=int, default=64, help="K of the Mix-1 call")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (best and median kept)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--before", default=None,
+                        help="also time the Mix-d coupling of the model code at this git commit, same weights")
+    parser.add_argument("--model_folder", default=None,
+                        help="also time the frozen transform on a trained model's Mix-d layer and real inputs")
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+                                              / "literary-docs"),
+                        help="a folder with valid.jsonl.gz (documents) for --model_folder's inputs")
     parser.add_argument("--output", default="mixture_cdf", help="name of the JSON file")
     parser.add_argument("--output_dir", default=str(RESULTS_DIR), help="where the JSON file goes")
     return parser.parse_args(argv)
@@ -126,17 +142,68 @@ def rosenblatt_inputs(vocab_size: int, args, generator: torch.Generator):
     return coupling, z, torch.randn(1, args.tokens, 8, generator=generator)
 
 
-def rosenblatt_variants(coupling: MixtureRosenblattCoupling, z: torch.Tensor, features: torch.Tensor) -> dict:
-    """The transform three ways: the library's (`forward`: linear-space sums, CPU-cache-sized chunks), the same in
-    one chunk, and the reference (log-space sums, log|det| from d mixture densities, one chunk)."""
+def rosenblatt_variants(coupling: MixtureRosenblattCoupling, z: torch.Tensor, features: torch.Tensor,
+                        before: str | None = None) -> dict:
+    """The transform four ways: the library's (`forward`: pruned when frozen at large V, `mixd_pruning.py`), its
+    dense transform (chunks sized to the CPU's L2 cache) and the same in one chunk, the reference (log-space sums,
+    log|det| from d mixture densities, one chunk), and (`before`) the coupling of the model code at that commit."""
+    dense = mock.patch("modeling_tarflow.couplings.uses_pruned_transform", lambda _: False)
     unchunked = mock.patch("modeling_tarflow.fast_paths.CPU_CHUNK_ELEMENTS", 1 << 62)
 
-    def one_chunk():
-        with unchunked:
-            return coupling(z, features)
-    return {"library": lambda: coupling(z, features), "library_one_chunk": one_chunk,
-            "reference": lambda: reference_rosenblatt(coupling, z.unflatten(-1, (1, -1)),
-                                                      coupling.mixture_logits(features))}
+    def patched(*patches):
+        def run():
+            with contextlib.ExitStack() as stack:
+                for patch in patches:
+                    stack.enter_context(patch)
+                return coupling(z, features)
+        return run
+    variants = {"library": lambda: coupling(z, features), "dense": patched(dense),
+                "dense_one_chunk": patched(dense, unchunked),
+                "reference": lambda: reference_rosenblatt(coupling, z.unflatten(-1, (coupling.patch_size, -1)),
+                                                          coupling.mixture_logits(features))}
+    if before:
+        old = coupling_at(before, coupling)
+        variants["before"] = lambda: old(z, features)
+    return variants
+
+
+def coupling_at(commit: str, coupling: MixtureRosenblattCoupling):
+    """The same Mix-d coupling (weights, components) built by the model code at `commit`."""
+    code = model_code_at(commit)
+    components = code.codebook.GaussianCodebook(coupling.num_mixtures, coupling.latent_dim)
+    components.load_state_dict(coupling.components.state_dict())
+    old = code.couplings.MixtureRosenblattCoupling(coupling.head.weight.shape[1], coupling.patch_size,
+                                                   coupling.latent_dim, coupling.num_mixtures, components)
+    old.head.load_state_dict(coupling.head.state_dict())
+    return old.requires_grad_(False)
+
+
+@torch.no_grad()
+def float64_rosenblatt(coupling: MixtureRosenblattCoupling, z: torch.Tensor, features: torch.Tensor,
+                       tokens_per_chunk: int = 4):
+    """The dense transform in float64 at the same float32 inputs, a few tokens at a time."""
+    wide = copy.deepcopy(coupling).double()
+    pieces = [wide._rosenblatt(z[:, s:s + tokens_per_chunk].double().unflatten(-1, (coupling.patch_size, -1)),
+                               wide.mixture_logits(features[:, s:s + tokens_per_chunk].double()))
+              for s in range(0, z.shape[1], tokens_per_chunk)]
+    return torch.cat([u for u, _ in pieces], 1), torch.cat([log_det for _, log_det in pieces], 1)
+
+
+def trained_inputs(folder: str, tokens: int, data: str):
+    """A trained model's Mix-d first layer, with latents z ~ q(z|x) of real validation text and the features its
+    conditioner reads from them (the inputs of the frozen layer in progressive stages 2–3)."""
+    model = TarFlowForCausalFlowLM.from_pretrained(folder).eval().requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with gzip.open(Path(data) / "valid.jsonl.gz", "rt") as lines:
+        text = " ".join(json.loads(line)["text"] for line, _ in zip(lines, range(200)))
+    block = model.config.max_position_embeddings
+    ids = torch.tensor(tokenizer(text)["input_ids"][:tokens // block * block]).view(-1, block)
+    torch.manual_seed(0)
+    layer = model.flow.layers[0]
+    with torch.no_grad():
+        x = layer.order(layer.mix(model.flow.patchify(model.encode(ids))))
+        features = layer.conditioner(x)
+    return layer.coupling, x, features
 
 
 def with_backward(function, z: torch.Tensor):
@@ -149,34 +216,48 @@ def with_backward(function, z: torch.Tensor):
 
 
 def time_frozen_rosenblatt(args, generator: torch.Generator) -> list[dict]:
-    """The Mix-d layer's Rosenblatt transform, frozen (no_grad: progressive stages 2–3) at every V and trained
-    (forward + backward, at the smallest V), the library's against one chunk and against the reference."""
-    rows = []
-    for vocab_size in args.vocab_sizes:
-        coupling, z, features = rosenblatt_inputs(vocab_size, args, generator)
-        variants = rosenblatt_variants(coupling.requires_grad_(False), z, features)
-        with torch.no_grad():
-            timed = best_and_median(variants, args.rounds)
-            (u, log_det), (u_ref, log_det_ref) = variants["library"](), variants["reference"]()
-        rows.append({"mode": "frozen", **rosenblatt_row(vocab_size, timed, args),
-                     "max_abs_difference_u": (u - u_ref).abs().max().item(),
-                     "max_abs_difference_log_det": (log_det - log_det_ref).abs().max().item(),
-                     "max_abs_log_det": log_det_ref.abs().max().item()})
+    """The Mix-d layer's Rosenblatt transform, frozen (no_grad: progressive stages 2–3) at every V and for a
+    trained model's real inputs (`--model_folder`), and trained (forward + backward, at the smallest V)."""
+    inputs = [(v, "synthetic", *rosenblatt_inputs(v, args, generator)) for v in args.vocab_sizes]
+    if args.model_folder:
+        coupling, z, features = trained_inputs(args.model_folder, args.tokens, args.data)
+        inputs.append((coupling.num_mixtures, "trained", coupling, z, features))
+    rows = [frozen_row(vocab_size, kind, coupling.requires_grad_(False), z, features, args)
+            for vocab_size, kind, coupling, z, features in inputs]
     coupling, z, features = rosenblatt_inputs(args.vocab_sizes[0], args, generator)
     z.requires_grad_(True)
     timed = best_and_median({name: with_backward(function, z) for name, function in
                              rosenblatt_variants(coupling, z, features).items()}, args.rounds)
-    rows.append({"mode": "trained", **rosenblatt_row(args.vocab_sizes[0], timed, args)})
+    rows.append({"mode": "trained", "inputs": "synthetic", **rosenblatt_row(args.vocab_sizes[0], timed, args)})
     return rows
+
+
+def frozen_row(vocab_size: int, kind: str, coupling, z, features, args) -> dict:
+    """Timings of every variant without gradients, and each one's largest error against float64."""
+    variants = rosenblatt_variants(coupling, z, features, args.before)
+    with torch.no_grad():
+        timed = best_and_median(variants, args.rounds)
+        outputs = {name: function() for name, function in variants.items()}
+    u64, log_det64 = float64_rosenblatt(coupling, z, features)
+    errors = {name: {"max_abs_error_u": (u.double() - u64).abs().max().item(),
+                     "max_relative_error_log_det": ((log_det.double() - log_det64).abs()
+                                                    / log_det64.abs().clamp_min(1)).max().item()}
+              for name, (u, log_det) in outputs.items()}
+    return {"mode": "frozen", "inputs": kind, **rosenblatt_row(vocab_size, timed, args),
+            "errors_against_float64": errors, "max_abs_log_det": log_det64.abs().max().item()}
 
 
 def rosenblatt_row(vocab_size: int, timed: dict, args) -> dict:
     speed = {name: args.tokens / t["best_seconds"] for name, t in timed.items()}
     print(f"Rosenblatt V={vocab_size:6d}: " + ", ".join(f"{name} {value:.0f}" for name, value in speed.items())
           + " tokens/s", flush=True)
-    return {"vocab_size": vocab_size, "latent_dim": args.latent_dim, "tokens": args.tokens, "timings": timed,
-            "tokens_per_second": speed, "speedup_over_reference": speed["library"] / speed["reference"],
-            "speedup_of_chunks": speed["library"] / speed["library_one_chunk"]}
+    row = {"vocab_size": vocab_size, "latent_dim": args.latent_dim, "tokens": args.tokens, "timings": timed,
+           "tokens_per_second": speed, "speedup_over_reference": speed["library"] / speed["reference"],
+           "speedup_over_dense": speed["library"] / speed["dense"],
+           "speedup_of_chunks": speed["dense"] / speed["dense_one_chunk"]}
+    if "before" in speed:
+        row["speedup_over_before"] = speed["library"] / speed["before"]
+    return row
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -18,6 +18,8 @@ GPT-2 of its depth, width and vocabulary; `--rounds 0` only counts operations (n
 
     python -m bench.sampling [--length 128] [--rounds 3] [--threads 1] [--count_ops]
     python -m bench.sampling --model_folder outputs/quickstart-tarflow --output sampling_quickstart --count_ops
+    python -m bench.sampling --model_folder outputs/bpe-mixd --before 9651dcc --methods sequential \
+        --batch_sizes 1 16 --length 32 --rounds 2 --count_kept --output sampling_bpe_mixd   # V = 50257
 """
 
 from __future__ import annotations
@@ -28,20 +30,23 @@ import statistics
 import time
 from pathlib import Path
 from typing import NamedTuple
+from unittest import mock
 
 import torch
 import transformers
 
+from bench.code_at import same_model_at
 from bench.environment import RESULTS_DIR, write_result
 from bench.forward import build_models, gpt2_like
 from bench.profiling import count_operations, operations_by_part, seconds_by_part
-from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM, TarFlowGenerationConfig
+from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM, TarFlowGenerationConfig, couplings
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "data" / "tiny-literary" / "train.txt.gz"
 METHODS = ("sequential", "jacobi", "gpt2")
 VARIANTS = ("maf", "no_maf")
 TRAINED = "trained"          # the variant name of a `--model_folder` model
+BEFORE = "before"            # ... and of the same model run by the code of `--before`
 
 
 class Cell(NamedTuple):
@@ -76,6 +81,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model_folder", default=None,
                         help="a trained TarFlowLM folder to time instead of the briefly trained char models (its patch "
                              "size is used; --variants, --patch_sizes and the training flags are then ignored)")
+    parser.add_argument("--before", default=None,
+                        help="with --model_folder: also time that model with the model code of this git commit "
+                             "(same weights, interleaved; `bench/code_at.py`)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS[:2]), choices=METHODS[:2],
+                        help="TarFlowLM inversions to time")
+    parser.add_argument("--count_kept", action="store_true",
+                        help="record the components the Mix-d inverse keeps per dimension (its certified pruning), "
+                             "over one sequential sample per batch size")
     parser.add_argument("--compile_backend", default=None,
                         help="also time TarFlowLM with its per-patch coupling inverses compiled by this torch.compile "
                              "backend (e.g. inductor), beside the eager cells, at --compile_batch_sizes")
@@ -125,7 +138,11 @@ def build(args):
     if args.model_folder:
         model = TarFlowForCausalFlowLM.from_pretrained(args.model_folder).to(args.device).eval().requires_grad_(False)
         args.variants, args.patch_sizes = [TRAINED], [model.config.patch_size]
-        return {(TRAINED, model.config.patch_size): model}, {}, gpt2_like(model.config).to(args.device).eval()
+        models = {(TRAINED, model.config.patch_size): model}
+        if args.before:
+            args.variants.append(BEFORE)
+            models[BEFORE, model.config.patch_size] = same_model_at(args.before, model).requires_grad_(False)
+        return models, {}, gpt2_like(model.config).to(args.device).eval()
     tarflow, gpt2 = build_models(args.width, args.heads, 256, args.device)
     ids = corpus_ids()
     models, losses = {}, {}
@@ -172,7 +189,7 @@ def all_cells(args, models) -> list[Cell]:
     backends = {batch: [None] + ([args.compile_backend] if args.compile_backend and batch in args.compile_batch_sizes
                                  else []) for batch in args.batch_sizes}
     cells = [Cell(*key, batch, method, backend) for batch in args.batch_sizes for key in models
-             for backend in backends[batch] for method in METHODS[:2]
+             for backend in backends[batch] for method in args.methods
              if backend is None or method in args.compile_methods]
     return cells + [Cell(None, None, batch, "gpt2") for batch in args.batch_sizes]
 
@@ -320,6 +337,30 @@ def time_profile(args, models) -> list[dict]:
     return rows
 
 
+def kept_components(model, args) -> dict:
+    """Per batch size and Mix-d dimension, the components its inverse solved with (certified pruning,
+    `mixd_pruning.prune_mixture`; all K where it solved the full mixture), over one sequential sample."""
+    calls: list[int] = []
+    prune = couplings.prune_mixture
+
+    def recording(u, log_alpha, *rest, **options):
+        pruned = prune(u, log_alpha, *rest, **options)
+        calls.append(log_alpha.shape[-1] if pruned is None else pruned.log_w.shape[-1])
+        return pruned
+    result, dim = {}, model.config.latent_dim
+    for batch in args.batch_sizes:
+        calls.clear()
+        with mock.patch.object(couplings, "prune_mixture", recording):
+            model.generate(max_new_tokens=args.length, num_return_sequences=batch, seed=0, decoding="sequential")
+        result[batch] = [{"dimension": i + 1, "mean_kept": statistics.mean(calls[i::dim]),
+                          "max_kept": max(calls[i::dim]),
+                          "full_fraction": statistics.mean(n == model.config.vocab_size for n in calls[i::dim])}
+                         for i in range(dim)]
+        print(f"batch {batch}: mean kept components per dimension "
+              f"{[round(row['mean_kept']) for row in result[batch]]}", flush=True)
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     transformers.logging.set_verbosity_error()   # GPT-2's generate warns about pad = eos for an unpadded start
@@ -339,6 +380,8 @@ def main(argv: list[str] | None = None) -> dict:
         "training_nelbo_per_token": {f"{v}_P{p}": loss for (v, p), loss in losses.items()},
         **(timings(args, models, gpt2) if args.rounds else {}),
         **({"operations_per_token": operations_per_token(args, models, gpt2)} if args.count_ops else {}),
+        **({"mixd_kept_components": kept_components(models[args.variants[0], args.patch_sizes[0]], args)}
+           if args.count_kept else {}),
     }
     result["wall_seconds"] = time.perf_counter() - started
     print(f"-> {write_result(args.output, result, args.output_dir)} ({result['wall_seconds']:.0f} s)")
