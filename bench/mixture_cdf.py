@@ -189,15 +189,21 @@ def float64_rosenblatt(coupling: MixtureRosenblattCoupling, z: torch.Tensor, fea
     return torch.cat([u for u, _ in pieces], 1), torch.cat([log_det for _, log_det in pieces], 1)
 
 
+def validation_ids(folder: str, data: str, block: int, documents: int = 200) -> torch.Tensor:
+    """Blocks (n, block) of the first `documents` validation documents of `data`, by the tokenizer in `folder`."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with gzip.open(Path(data) / "valid.jsonl.gz", "rt") as lines:
+        text = " ".join(json.loads(line)["text"] for line, _ in zip(lines, range(documents)))
+    ids = tokenizer(text)["input_ids"]
+    return torch.tensor(ids[:len(ids) // block * block]).view(-1, block)
+
+
 def trained_inputs(folder: str, tokens: int, data: str):
     """A trained model's Mix-d first layer, with latents z ~ q(z|x) of real validation text and the features its
     conditioner reads from them (the inputs of the frozen layer in progressive stages 2–3)."""
     model = TarFlowForCausalFlowLM.from_pretrained(folder).eval().requires_grad_(False)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    with gzip.open(Path(data) / "valid.jsonl.gz", "rt") as lines:
-        text = " ".join(json.loads(line)["text"] for line, _ in zip(lines, range(200)))
     block = model.config.max_position_embeddings
-    ids = torch.tensor(tokenizer(text)["input_ids"][:tokens // block * block]).view(-1, block)
+    ids = validation_ids(folder, data, block)[:max(1, tokens // block)]
     torch.manual_seed(0)
     layer = model.flow.layers[0]
     with torch.no_grad():

@@ -75,6 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--before", default=None,
                         help="also time every TarFlowLM mode with the model code of this git commit, same weights, "
                              "interleaved (`bench/code_at.py`)")
+    parser.add_argument("--model_folder", default=None,
+                        help="also time a trained TarFlowLM (its own architecture and weights; a trained codebook is "
+                             "what a frozen Mix-d layer meets in stages 2-3) against the GPT-2 of its transformer, on "
+                             "validation text of --data, at its context length")
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+                                              / "literary-docs"), help="documents (valid.jsonl.gz) for --model_folder")
     parser.add_argument("--token_rows", type=int, nargs="*", default=[],
                         help="also time stage 1 at the largest V with these rows per chunk of the fused pass "
                              "(`fast_paths.CPU_TOKEN_ROWS`)")
@@ -95,13 +101,16 @@ def tarflow_config(vocab_size: int, length: int, args) -> TarFlowConfig:
                          num_attention_heads=args.heads, max_position_embeddings=length, flow_layers=layers)
 
 
-def training_steps(vocab_size: int, length: int, args) -> dict:
-    """One forward + backward of every model and mode on the same random batch, by name."""
+def training_steps(vocab_size: int, length: int, args, trained: tuple | None = None) -> dict:
+    """One forward + backward of every model and mode on the same batch, by name: a fresh model on random ids, or
+    the `trained` (model, ids) pair."""
     torch.manual_seed(0)
-    config = tarflow_config(vocab_size, length, args)
-    tarflow = TarFlowForCausalFlowLM(config).to(args.device)
-    gpt2 = gpt2_like(config).to(args.device)
-    ids = torch.randint(0, vocab_size, (args.batch_size, length), device=args.device)
+    if trained is None:
+        tarflow = TarFlowForCausalFlowLM(tarflow_config(vocab_size, length, args)).to(args.device)
+        ids = torch.randint(0, vocab_size, (args.batch_size, length), device=args.device)
+    else:
+        tarflow, ids = trained
+    gpt2 = gpt2_like(tarflow.config).to(args.device)
 
     def step(model, loss):
         def run():
@@ -196,9 +205,17 @@ def _status_bytes(field: str) -> int:
     return int(line.split()[1]) * 1024
 
 
-def measure_point(vocab_size: int, length: int, args) -> list[dict]:
+def trained_model(args) -> tuple:
+    """The `--model_folder` TarFlowLM and `--batch_size` blocks of validation text at its context length."""
+    from bench.mixture_cdf import validation_ids
+    model = TarFlowForCausalFlowLM.from_pretrained(args.model_folder).to(args.device)
+    ids = validation_ids(args.model_folder, args.data, model.config.max_position_embeddings)[:args.batch_size]
+    return model, ids.to(args.device)
+
+
+def measure_point(vocab_size: int, length: int, args, trained: tuple | None = None) -> list[dict]:
     """Rows of one (V, T): tokens/s and memory per token of every model and mode, and the ratio to GPT-2."""
-    steps = training_steps(vocab_size, length, args)
+    steps = training_steps(vocab_size, length, args, trained)
     seconds = seconds_per_step(steps, args)
     tokens = args.batch_size * length
     gpt2_speed = tokens / min(seconds["gpt2"])
@@ -250,6 +267,10 @@ def main(argv: list[str] | None = None) -> dict:
     for length in args.lengths:
         rows += [{**row, "sweep": "sweep_length"}
                  for row in measure_point(args.length_sweep_vocab_size, length, args)]
+    if args.model_folder:
+        model, ids = trained_model(args)
+        rows += [{**row, "sweep": "trained_model"}
+                 for row in measure_point(model.config.vocab_size, ids.shape[1], args, (model, ids))]
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     png = plot(rows, args, Path(args.output_dir) / f"{args.output}.png")
     result = {"config": vars(args), "modes": MODES, "results": rows, "plot": png,

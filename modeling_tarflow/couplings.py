@@ -22,7 +22,7 @@ from torch import nn
 
 from .codebook import DIRECT_DISTANCE_MAX_ENTRIES, GaussianCodebook
 from .heads import LinearHead, MaskedAutoregressiveHead
-from .mixtures import (log_cdf_pair, mixture_cdf_transform, mixture_inverse_cdf, mixture_log_prob, normal_log_prob,
+from .mixtures import (log_cdf_pair, log_sum_exp, mixture_cdf_transform, mixture_inverse_cdf, mixture_log_prob, normal_log_prob,
                        probit_from_log_cdf)
 from .precision import full_precision as _full_precision
 from .fast_paths import rows_per_chunk, uses_pruned_transform
@@ -259,7 +259,7 @@ class MixtureRosenblattCoupling(nn.Module):
             cumulative = per_dim.cumsum(-1)
             log_alpha = torch.log_softmax(log_pi.unsqueeze(-1) + cumulative - per_dim, dim=-2)  # Σ_{i'<i}, Lemma 1
             u = probit_from_log_cdf(*log_cdf_pair(standardized, log_alpha, dim=-2))          # (B, n, P, d)
-            log_p = torch.logsumexp(log_pi + cumulative[..., -1], dim=-1)                   # log p_mixd(z_t,p)
+            log_p = log_sum_exp(log_pi + cumulative[..., -1])                               # log p_mixd(z_t,p)
             log_det = log_p - normal_log_prob(u).sum(-1)
         return u.flatten(-2), log_det.sum(-1)
 
@@ -271,26 +271,39 @@ class MixtureRosenblattCoupling(nn.Module):
             mu, log_sigma = self._component_params(u.dtype)
             prefix = torch.zeros_like(log_pi)
             dims, iterations = [], 0
+            order = self._mean_order(mu) if root.fixed_iterations is None else None
             for i in range(self.latent_dim):
                 log_alpha = torch.log_softmax(log_pi + prefix, dim=-1)
-                result = mixture_inverse_cdf(u[..., i], *self._dimension_mixture(u[..., i], log_alpha, mu[:, i],
-                                                                                 log_sigma, root),
-                                             root.tolerance, root.max_iterations, root.fixed_iterations)
+                mixture = self._dimension_mixture(u[..., i], log_alpha, mu[:, i], log_sigma,
+                                                  None if order is None else order[:, i], root)
+                result = mixture_inverse_cdf(u[..., i], *mixture, root.tolerance, root.max_iterations,
+                                             root.fixed_iterations)
                 prefix = prefix + normal_log_prob(result.z.unsqueeze(-1), mu[:, i], log_sigma)
                 dims.append(result.z)
                 iterations = max(iterations, result.iterations)
         return torch.stack(dims, dim=-1).flatten(-2), iterations
 
-    @staticmethod
-    def _dimension_mixture(u_i: torch.Tensor, log_alpha: torch.Tensor, mean: torch.Tensor, log_sigma: torch.Tensor,
+    def _dimension_mixture(self, u_i: torch.Tensor, log_alpha: torch.Tensor, mean: torch.Tensor,
+                           log_sigma: torch.Tensor, order: torch.Tensor,
                            root: RootFinding) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(log weights, means, log scales) of dimension i's 1-D mixture p(z_i | z_{<i}) (Lemma 1): only the
-        components whose posterior weight can matter (`mixd_pruning.py`, certified), or all of them. The
-        branch-free mode (`torch.compile`) always takes all."""
-        pruned = None if root.fixed_iterations is not None else prune_mixture(u_i, log_alpha, mean, log_sigma)
-        if pruned is None:
+        """(log weights, means, log scales) of dimension i's 1-D mixture p(z_i | z_{<i}) (Lemma 1), its components
+        in the order of their means (`order`): only those whose posterior weight can matter (`mixd_pruning.py`,
+        certified), or all of them. The branch-free mode (`torch.compile`) always takes all, unordered."""
+        if root.fixed_iterations is not None:
             return log_alpha, mean, log_sigma
+        pruned = prune_mixture(u_i, log_alpha, mean, log_sigma, order)
+        if pruned is None:
+            return log_alpha[..., order], mean[order], log_sigma[order]
         return pruned.log_w, pruned.mean, pruned.log_scale
+
+
+    def _mean_order(self, mu: torch.Tensor) -> torch.Tensor:
+        """argsort of the component means per dimension, (K, d): a cache of the (constant) codebook's sort, which
+        every dimension of every sampled token would otherwise redo; recomputed when μ changes."""
+        key = (mu.data_ptr(), mu._version, mu.dtype, mu.device, tuple(mu.shape))
+        if getattr(self, "_mean_order_cache", (None,))[0] != key:
+            self._mean_order_cache = (key, torch.argsort(mu, dim=0))
+        return self._mean_order_cache[1]
 
     def _component_params(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         return self.components.mu.to(dtype), self.components.log_sigma.to(dtype)

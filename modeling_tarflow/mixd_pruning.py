@@ -43,22 +43,24 @@ def pruning_log_threshold(u: torch.Tensor, num_components: int,
 
 
 def prune_mixture(u: torch.Tensor, log_alpha: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor,
-                  tolerance: float = PRUNING_TOLERANCE, max_kept: int | None = None) -> PrunedMixture | None:
+                  order: torch.Tensor | None = None, tolerance: float = PRUNING_TOLERANCE,
+                  max_kept: int | None = None) -> PrunedMixture | None:
     """The components of the mixtures (log_alpha (..., K), normalised; mean and log_scale (K,) shared by all
     entries) that the equations F(z) = Φ(u) need, u (...), or None where the full mixtures must be solved: when
     more than K/2 components would be kept, or when the discarded mass of some entry exceeds ε·Φ(−|u|) (possible
-    only when `max_kept` caps the kept count). All entries keep the same number of components, the most that any
-    of them needs."""
+    only when `max_kept` caps the kept count). All entries share the kept components (those any of them needs), in
+    the order `order` (an argsort of `mean`: the root finder's staircase guess then sorts them fast)."""
     num_components = log_alpha.shape[-1]
     log_threshold = pruning_log_threshold(u, num_components, tolerance)
-    kept = int((log_alpha >= log_threshold.unsqueeze(-1)).sum(-1).max())
-    if kept > num_components // 2:
+    needed = (log_alpha >= log_threshold.unsqueeze(-1)).reshape(-1, num_components).any(0)
+    index = (order[needed[order]] if order is not None else needed.nonzero().squeeze(-1))[:max_kept]
+    if index.numel() > num_components // 2:
         return None
-    top = log_alpha.topk(max(min(kept, max_kept or kept), 1), dim=-1)
-    log_discarded = log_sum_exp(log_alpha.scatter(-1, top.indices, -math.inf))
-    if not bool((log_discarded <= log_threshold + math.log(num_components)).all()):
+    discarded = torch.ones_like(needed).index_fill_(0, index, False)
+    log_discarded = log_sum_exp(log_alpha.masked_fill(~discarded, -math.inf))
+    if index.numel() == 0 or not bool((log_discarded <= log_threshold + math.log(num_components)).all()):
         return None
-    return PrunedMixture(torch.log_softmax(top.values, dim=-1), mean[top.indices], log_scale[top.indices],
+    return PrunedMixture(torch.log_softmax(log_alpha[..., index], dim=-1), mean[index], log_scale[index],
                          log_discarded)
 
 
