@@ -60,6 +60,18 @@ class Cell(NamedTuple):
     compile_backend: str | None = None
 
 
+def add_trained_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of the `--model_folder` runs: the code before a change, the inversions timed, the kept components."""
+    parser.add_argument("--before", default=None,
+                        help="with --model_folder: also time that model with the model code of this git commit "
+                             "(same weights, interleaved; `bench/code_at.py`)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS[:2]), choices=METHODS[:2],
+                        help="TarFlowLM inversions to time")
+    parser.add_argument("--count_kept", action="store_true",
+                        help="record the components the Mix-d inverse keeps per dimension (its certified pruning), "
+                             "over one sequential sample per batch size")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--length", type=int, default=128, help="tokens sampled per sequence (a multiple of 4)")
@@ -81,14 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model_folder", default=None,
                         help="a trained TarFlowLM folder to time instead of the briefly trained char models (its patch "
                              "size is used; --variants, --patch_sizes and the training flags are then ignored)")
-    parser.add_argument("--before", default=None,
-                        help="with --model_folder: also time that model with the model code of this git commit "
-                             "(same weights, interleaved; `bench/code_at.py`)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS[:2]), choices=METHODS[:2],
-                        help="TarFlowLM inversions to time")
-    parser.add_argument("--count_kept", action="store_true",
-                        help="record the components the Mix-d inverse keeps per dimension (its certified pruning), "
-                             "over one sequential sample per batch size")
+    add_trained_model_flags(parser)
     parser.add_argument("--compile_backend", default=None,
                         help="also time TarFlowLM with its per-patch coupling inverses compiled by this torch.compile "
                              "backend (e.g. inductor), beside the eager cells, at --compile_batch_sizes")

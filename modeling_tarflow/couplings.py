@@ -22,7 +22,8 @@ from torch import nn
 
 from .codebook import DIRECT_DISTANCE_MAX_ENTRIES, GaussianCodebook
 from .heads import LinearHead, MaskedAutoregressiveHead
-from .mixtures import (log_cdf_pair, log_sum_exp, mixture_cdf_transform, mixture_inverse_cdf, mixture_log_prob, normal_log_prob,
+from .mixtures import (log_cdf_pair, log_sum_exp, mixture_cdf_transform, mixture_inverse_cdf, mixture_log_prob,
+                       normal_log_prob,
                        probit_from_log_cdf)
 from .precision import full_precision as _full_precision
 from .fast_paths import rows_per_chunk, uses_pruned_transform

@@ -100,5 +100,6 @@ def ieee_float32_matmul():
         torch.set_float32_matmul_precision(saved)
 
 
-__all__ = ["PRUNED_TRANSFORM_MIN_COMPONENTS", "PRUNED_CHUNK_ELEMENTS", "uses_pruned_transform", "CPU_CHUNK_ELEMENTS", "CPU_TOKEN_ROWS", "GPU_CHUNK_ELEMENTS", "LINEAR_CDF_MIN_COMPONENTS", "FUSED_LIKELIHOOD_MIN_COMPONENTS", "uses_linear_cdf_sums", "use_fused_path", "rows_per_chunk",
-           "token_rows", "ieee_float32_matmul"]
+__all__ = ["CPU_CHUNK_ELEMENTS", "CPU_TOKEN_ROWS", "GPU_CHUNK_ELEMENTS", "FUSED_LIKELIHOOD_MIN_COMPONENTS",
+           "LINEAR_CDF_MIN_COMPONENTS", "PRUNED_CHUNK_ELEMENTS", "PRUNED_TRANSFORM_MIN_COMPONENTS", "use_fused_path",
+           "uses_linear_cdf_sums", "uses_pruned_transform", "rows_per_chunk", "token_rows", "ieee_float32_matmul"]
