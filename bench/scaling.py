@@ -244,6 +244,8 @@ def plot(rows: list[dict], args, path: Path) -> str | None:
     for column, (key, label, sweep) in enumerate(sweeps):
         for name in dict.fromkeys(row["model"] for row in rows):
             points = sorted((row[key], row) for row in rows if row["model"] == name and row["sweep"] == sweep)
+            if not points:
+                continue
             for line, (metric, unit) in enumerate((("tokens_per_second", "tokens/s"),
                                                    ("memory_bytes_per_token", "bytes/token"))):
                 axes[line][column].plot([x for x, _ in points], [row[metric] for _, row in points], "o-", label=name)
@@ -271,11 +273,10 @@ def main(argv: list[str] | None = None) -> dict:
         model, ids = trained_model(args)
         rows += [{**row, "sweep": "trained_model"}
                  for row in measure_point(model.config.vocab_size, ids.shape[1], args, (model, ids))]
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    png = plot(rows, args, Path(args.output_dir) / f"{args.output}.png")
-    result = {"config": vars(args), "modes": MODES, "results": rows, "plot": png,
-              "wall_seconds": time.perf_counter() - started}
-    print(f"-> {write_result(args.output, result, args.output_dir)}, plot {png}")
+    result = {"config": vars(args), "modes": MODES, "results": rows, "wall_seconds": time.perf_counter() - started}
+    write_result(args.output, result, args.output_dir)              # before the plot: a plotting error loses nothing
+    result["plot"] = plot(rows, args, Path(args.output_dir) / f"{args.output}.png")
+    print(f"-> {write_result(args.output, result, args.output_dir)}, plot {result['plot']}")
     return result
 
 

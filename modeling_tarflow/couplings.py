@@ -182,16 +182,23 @@ class MixtureRosenblattCoupling(nn.Module):
         # Past a memory budget, the patches of all sequences go in chunks, each recomputed in backward (activation
         # checkpointing). On a CPU they also go in chunks that keep their terms in the L2 cache (no recomputation
         # needed): the transform is some twenty elementwise passes over them, memory-bound once they spill.
-        per_row = self.patch_size * self.num_mixtures * self.latent_dim
         if not torch.is_grad_enabled() and uses_pruned_transform(self.num_mixtures):
-            rows, transform = rows_per_chunk(h.device, per_row, pruned=True), self._frozen_rosenblatt
+            rows = rows_per_chunk(h.device, self.patch_size * self.num_mixtures * self.latent_dim, pruned=True)
+            pieces = [self._frozen_rosenblatt(z[s:s + rows], logits[s:s + rows]) for s in range(0, z.shape[0], rows)]
+            u, log_det = torch.cat([u for u, _ in pieces]), torch.cat([log_det for _, log_det in pieces])
         else:
-            rows = rows_per_chunk(h.device, per_row, self.max_chunk_elements)
-            memory_rows = max(1, self.max_chunk_elements // per_row)
-            transform = self._checkpointed_rosenblatt if memory_rows < z.shape[0] else self._rosenblatt
-        pieces = [transform(z[s:s + rows], logits[s:s + rows]) for s in range(0, z.shape[0], rows)]
-        u, log_det = torch.cat([u for u, _ in pieces]), torch.cat([log_det for _, log_det in pieces])
+            u, log_det = self._dense_rosenblatt(z, logits)
         return u.unflatten(0, (batch, length)), log_det.unflatten(0, (batch, length))
+
+    def _dense_rosenblatt(self, z: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_rosenblatt` over all rows (patches) in chunks: within `max_chunk_elements` (checkpointed past it when
+        gradients are on) and, on a CPU, sized to the cache."""
+        per_row = self.patch_size * self.num_mixtures * self.latent_dim
+        rows = rows_per_chunk(z.device, per_row, self.max_chunk_elements)
+        transform = self._checkpointed_rosenblatt if self.max_chunk_elements // per_row < z.shape[0] else \
+            self._rosenblatt
+        pieces = [transform(z[s:s + rows], logits[s:s + rows]) for s in range(0, z.shape[0], rows)]
+        return torch.cat([u for u, _ in pieces]), torch.cat([log_det for _, log_det in pieces])
 
     def log_density(self, h: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         r"""log p_mixd(z_t | C_t) = Σ_p [LSE_k(ℓ_{t,p,k} + log N_k(z_{t,p})) − LSE_k ℓ_{t,p,k}] per patch, (B, n): what
@@ -233,13 +240,13 @@ class MixtureRosenblattCoupling(nn.Module):
             tokens = z.flatten(0, -2)
             pruned = pruned_rosenblatt_u(tokens, log_pi, mu, log_sigma)
             if pruned is None:
-                return self._rosenblatt(z, logits)
+                return self._dense_rosenblatt(z, logits)
             u, certified = pruned
             log_det = mixd_log_density(tokens, log_pi, mu, log_sigma) - normal_log_prob(u).sum(-1)
             u, log_det = u.view(z.shape[0], -1), log_det.view(z.shape[:-1]).sum(-1)
             redo = ~certified.view(z.shape[0], -1).all(-1)
             if bool(redo.any()):
-                u[redo], log_det[redo] = self._rosenblatt(z[redo], logits[redo])
+                u[redo], log_det[redo] = self._dense_rosenblatt(z[redo], logits[redo])
         return u, log_det
 
     def _checkpointed_rosenblatt(self, z: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

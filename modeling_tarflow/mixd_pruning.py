@@ -108,9 +108,9 @@ def pruned_rosenblatt_u(z: torch.Tensor, log_pi: torch.Tensor, mu: torch.Tensor,
     """u (N, d) of the Rosenblatt transform (Alg. 1) of rows z (N, d) under the mixtures π (log, (N, K)) of the
     components (μ, σ), and which entries it certifies (N, d): dimension 1 (α = π) from all components, the others
     from the certified-kept ones; None when pruning would keep more than `DENSE_FRACTION` of their terms."""
-    estimate, error = prefix_log_weights(z, log_pi, mu, log_sigma)
-    peak = estimate.amax(-1, keepdim=True)                                           # (d − 1, N, 1)
-    kept = estimate >= peak + (math.log(PRUNING_TOLERANCE * FORWARD_MIN_TAIL / mu.shape[0]) - 2 * error)
+    if _kept_fraction(z[:1], log_pi[:1], mu, log_sigma) > DENSE_FRACTION:              # a one-token probe first
+        return None
+    kept, peak = _kept_components(z, log_pi, mu, log_sigma)
     if int(kept.sum()) > DENSE_FRACTION * kept.numel():
         return None
     dimension, token, component = kept.nonzero(as_tuple=True)                       # grouped by dimension
@@ -128,6 +128,19 @@ def pruned_rosenblatt_u(z: torch.Tensor, log_pi: torch.Tensor, mu: torch.Tensor,
     u_first = probit_from_log_cdf(*log_cdf_pair(first, log_pi))
     u = torch.cat([u_first[:, None], u_rest.view(z.shape[1] - 1, -1).T], 1)
     return u, torch.cat([torch.ones_like(certified[:z.shape[0], None]), certified.view(z.shape[1] - 1, -1).T], 1)
+
+
+def _kept_components(z, log_pi, mu, log_sigma) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which components each row (dimension i ≥ 2, token) keeps, (d − 1, N, K), and each row's largest estimated
+    log weight (d − 1, N, 1): those within log(ε·T/K) of it, widened by twice the estimates' error bound."""
+    estimate, error = prefix_log_weights(z, log_pi, mu, log_sigma)
+    peak = estimate.amax(-1, keepdim=True)
+    return estimate >= peak + (math.log(PRUNING_TOLERANCE * FORWARD_MIN_TAIL / mu.shape[0]) - 2 * error), peak
+
+
+def _kept_fraction(z, log_pi, mu, log_sigma) -> float:
+    kept, _ = _kept_components(z, log_pi, mu, log_sigma)
+    return float(kept.float().mean())
 
 
 def _row_tails(standardized: torch.Tensor, weight: torch.Tensor, row: torch.Tensor,
