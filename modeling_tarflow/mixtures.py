@@ -33,8 +33,10 @@ def log_sum_exp(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """logsumexp over `dim` with the terms below the largest by more than −`EXP_FLOOR` nats floored there: exact to
     K·e^{−70} relative, and fast where most terms are far below the largest."""
     peak = x.amax(dim, keepdim=True)
-    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
-    return (peak + (x - peak).clamp_min_(EXP_FLOOR).exp_().sum(dim, keepdim=True).log()).squeeze(dim)
+    finite = torch.isfinite(peak)
+    shift = torch.where(finite, peak, torch.zeros_like(peak))
+    total = (shift + (x - shift).clamp_min_(EXP_FLOOR).exp_().sum(dim, keepdim=True).log())
+    return torch.where(finite, total, peak).squeeze(dim)            # all −inf (an empty sum): −inf
 
 
 def normal_log_prob(x: torch.Tensor, mean: torch.Tensor | float = 0.0,
