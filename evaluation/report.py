@@ -152,8 +152,8 @@ def mark_run(axis, curves: Curves, colour: str) -> None:
     for step, index in stage_starts(curves):
         if index > 1:
             axis.axvline(step, color=colour, linestyle=":", linewidth=1)
-            axis.annotate(f"stage {index}", (step, 1), xycoords=("data", "axes fraction"), rotation=90,
-                          fontsize="x-small", va="top", ha="right", color=colour)
+            axis.annotate(f"stage {index}", (step, 0.02), xycoords=("data", "axes fraction"), rotation=90,
+                          fontsize="x-small", va="bottom", ha="right", color=colour)
     plateau = early_plateau(find_curve(curves, "loss") or [])
     if plateau:
         axis.axvspan(*plateau, color=colour, alpha=0.12, label=f"early plateau, steps {plateau[0]}-{plateau[1]} "
