@@ -10,9 +10,10 @@ Accepted sources:
   names (``train/loss``), and a metric name also matches a tag ending in ``/<name>``;
 - a run folder: its ``metrics.jsonl`` or ``training_log.jsonl`` if present, else its event files.
 
-``training/run.py`` also logs ``stage/index`` where each progressive stage starts (§3.3; `stage_starts`), and writes
-``results.json`` beside the log (`run_summary`). `early_plateau` finds the stretch where a small character model's
-loss stays near the bigram level before its attention learns to look further back (docs/results.md).
+``training/run.py`` also logs ``stage/index`` where each progressive stage after the first starts (§3.3;
+`stage_starts`), and writes ``results.json`` beside the log (`run_summary`). `early_plateau` finds the stretch where
+a small character model's loss stays near the bigram level before its attention learns to look further back
+(docs/results.md).
 """
 
 import csv

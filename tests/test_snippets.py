@@ -94,7 +94,8 @@ def test_the_documents_hold_the_blocks_this_test_runs():
 
 
 def test_programs_join_a_block_to_the_previous_one_only_when_the_prose_says_so():
-    text = "a\n```python\nx = 1\n```\nThis continues the previous block:\n```python\ny = x\n```\nb\n```python\nz = 2\n```\n"
+    text = ("a\n```python\nx = 1\n```\nThis continues the previous block:\n```python\ny = x\n```\n"
+            "b\n```python\nz = 2\n```\n")
     assert [program.code for program in programs("doc.md", text)] == ["x = 1\n\ny = x\n", "z = 2\n"]
 
 

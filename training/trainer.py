@@ -9,7 +9,7 @@ accumulation and checkpoint I/O; this module decides the rest, in the order of a
   bd3lms);
 - held-out evaluation: the mean loss per token over the validation blocks, with noise isolated from training;
 - logging: one ``metrics.jsonl`` line per log step (and TensorBoard events under ``logs/`` when installed): the
-  loss, TarFlowLM's NELBO parts, and a ``stage/*`` line where each progressive stage starts.
+  loss, TarFlowLM's NELBO parts, and a ``stage/*`` line at each progressive stage boundary.
 """
 
 import hashlib
@@ -449,8 +449,6 @@ class Trainer:
         as the identity)."""
         if stage.index == self.current_stage:
             return
-        if self.progress.step == 0:
-            self._log_stage(stage, {})
         boundary = stage.index > 0 and self.progress.step == stage.start_step
         if boundary:
             freeze_averaged_weights(self.unwrapped_model, self.ema.module, stage)
@@ -465,8 +463,9 @@ class Trainer:
         self.current_stage = self.progress.stage = stage.index
 
     def _log_stage(self, stage: Stage, losses: dict) -> None:
-        """A ``stage/*`` line where a stage starts: its number (1-based), its flow layers and frozen ones, and at a
-        boundary the validation loss before and after the new layers are added (what the curve plot marks)."""
+        """A ``stage/*`` line at a stage boundary (stage 2 on; the first starts at step 0): the stage's number
+        (1-based), its flow layers and frozen ones, and the validation loss before and after the new layers are
+        added (the curve plot marks these steps)."""
         self.accelerator.log({"stage/index": stage.index + 1, "stage/num_flow_layers": stage.num_flow_layers,
                               "stage/num_frozen_flow_layers": stage.num_frozen_flow_layers, **losses},
                              step=self.progress.step)

@@ -122,7 +122,7 @@ def write_run(folder, model: str, steps: int, seconds: float, rows=()) -> str:
 
 def plateau_curve() -> list[dict]:
     """A loss that falls fast to 2.3, stays there for steps 200-1000, then falls again; stage 2 starts at 1200."""
-    rows = [{"step": 0, "stage/index": 1}, {"step": 1200, "stage/index": 2}]
+    rows = [{"step": 1200, "stage/index": 2}]
     for step in range(20, 1600, 20):
         loss = 3.0 - step / 300 if step < 200 else 2.3 - 0.0002 * (step - 200) / 20 if step < 1000 else \
             2.292 - (step - 1000) / 1000
