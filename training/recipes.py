@@ -73,11 +73,18 @@ class TarFlowRecipe:
     def build(self, config: TarFlowConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
         return TarFlowForCausalFlowLM(config)
 
+    def block_terms(self, model: nn.Module, input_ids: torch.LongTensor, stage: Stage) -> dict[str, torch.Tensor]:
+        """NELBO in nats per block (B,) as ``nll``, and its parts (Eq. 3): NELBO = −log p(x|z) − log p(z) +
+        log q(z|x), with the stage's flow layers (the frozen ones under no_grad); u itself is not needed for the
+        loss, so the last layer returns only its density (``output_u=False``)."""
+        out = model(input_ids, num_flow_layers=stage.num_flow_layers,
+                    num_frozen_flow_layers=stage.num_frozen_flow_layers, output_u=False)
+        return {"nll": out.nelbo, "neg_log_p_x_given_z": -out.log_p_x_given_z, "neg_log_p_z": -out.log_p_z,
+                "log_q_z": out.log_q_z}
+
     def block_nll(self, model: nn.Module, input_ids: torch.LongTensor, stage: Stage) -> torch.Tensor:
-        """NELBO in nats per block (B,) with the stage's flow layers (the frozen ones under no_grad); u itself is
-        not needed for the loss, so the last layer returns only its density (``output_u=False``)."""
-        return model(input_ids, num_flow_layers=stage.num_flow_layers,
-                     num_frozen_flow_layers=stage.num_frozen_flow_layers, output_u=False).nelbo
+        """NELBO in nats per block (B,) (see `block_terms`)."""
+        return self.block_terms(model, input_ids, stage)["nll"]
 
     def sample(self, model: nn.Module, num_samples: int, length: int, seed: int) -> torch.LongTensor:
         return model.generate(max_new_tokens=length, num_return_sequences=num_samples, seed=seed, do_sample=True)
@@ -97,6 +104,10 @@ class BaselineRecipe:
 
     def block_nll(self, model: nn.Module, input_ids: torch.LongTensor, stage: Stage) -> torch.Tensor:
         return baseline_block_nll(model, input_ids, self.start_token_id)
+
+    def block_terms(self, model: nn.Module, input_ids: torch.LongTensor, stage: Stage) -> dict[str, torch.Tensor]:
+        """The exact −log p(x) per block as ``nll``; a causal LM's loss has no parts."""
+        return {"nll": self.block_nll(model, input_ids, stage)}
 
     def sample(self, model: nn.Module, num_samples: int, length: int, seed: int) -> torch.LongTensor:
         """Ancestral samples after the start token at temperature 1, stopping at EOS."""

@@ -252,7 +252,7 @@ _USAGE = {  # AutoTokenizer reads config.json first, whose model code needs the 
     "tarflow": ('from transformers import AutoModel, AutoTokenizer\n\n'
                 'model = AutoModel.from_pretrained("{folder}", trust_remote_code=True)\n'
                 'tokenizer = AutoTokenizer.from_pretrained("{folder}", trust_remote_code=True)\n'
-                'ids = model.generate(max_new_tokens={length}, num_return_sequences=2, seed=0)\n'
+                'ids = model.generate(max_new_tokens={length}, num_return_sequences={count}, seed={seed})\n'
                 'print(tokenizer.batch_decode(ids))'),
     "gpt2": ('from transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
              'model = AutoModelForCausalLM.from_pretrained("{folder}")\n'
@@ -286,8 +286,9 @@ def card_data(results: dict) -> ModelCardData:
 
 
 def model_location(results: dict, settings: dict) -> str:
-    """Where a reader of the card loads the model from: the Hub repository when the run pushes there."""
-    return settings.get("push_to_hub") or results["output_dir"]
+    """Where a reader of the card loads the model from: the Hub repository when the run pushes there, else the
+    folder's absolute path (a relative one would be looked up on the Hub from any other working directory)."""
+    return settings.get("push_to_hub") or str(Path(results["output_dir"]).resolve())
 
 
 def build_model_card(results: dict, settings: dict, architecture: dict) -> ModelCard:
@@ -299,7 +300,9 @@ def build_model_card(results: dict, settings: dict, architecture: dict) -> Model
         card_data(results), template_path=str(TEMPLATE), model_name=results["model_name"],
         summary=_SUMMARY[results["model"]], preset=settings.get("config") or "custom", steps=results["steps"],
         tokens=f"{results['tokens']:,}", skipped_steps=results["skipped_steps"], ema_decay=settings["ema_decay"],
-        usage=_USAGE[results["model"]].format(folder=model_location(results, settings), length=data["block_size"]),
+        usage=_USAGE[results["model"]].format(  # the card's samples, reproduced: same seed, count and length
+            folder=model_location(results, settings), seed=settings["seed"], count=settings.get("num_samples") or 2,
+            length=settings.get("sample_length") or data["block_size"]),
         metric_rows=metric_rows(results), metric_note=metric_note, dataset=data["dataset"],
         tokenizer=data["tokenizer"], block_size=data["block_size"],
         data_note=SHIPPED_CORPUS_NOTE if data["dataset"] == "tiny-literary" else "",

@@ -8,7 +8,8 @@ accumulation and checkpoint I/O; this module decides the rest, in the order of a
 - the exponential moving average of the weights, which is what is validated, sampled and exported (as in MDLM /
   bd3lms);
 - held-out evaluation: the mean loss per token over the validation blocks, with noise isolated from training;
-- logging: one ``metrics.jsonl`` line per log step (and TensorBoard when installed).
+- logging: one ``metrics.jsonl`` line per log step (and TensorBoard events under ``logs/`` when installed): the
+  loss, TarFlowLM's NELBO parts, and a ``stage/*`` line at each progressive stage boundary.
 """
 
 import hashlib
@@ -239,15 +240,20 @@ class JsonLinesTracker(GeneralTracker):
 
 
 class TrainingLog:
-    """What one log line reports: means of the loss and gradient norm since the previous line, and tokens per
-    second over the time spent in optimizer steps (validation and checkpoints excluded)."""
+    """What one log line reports: means of the loss, of its parts and of the gradient norm since the previous
+    line, and tokens per second over the time spent in optimizer steps (validation and checkpoints excluded).
+
+    TarFlowLM's parts, nats per token, sum to its loss (Eq. 3): ``train/neg_log_p_x_given_z`` (−log p(x|z), the
+    tied decoder's ambiguity), ``train/neg_log_p_z`` (−log p(z), the flow prior) and ``train/log_q_z``
+    (log q(z|x), the encoder's density of its own draw, negative entropy)."""
 
     def __init__(self, characters: bool, tokens_per_step: int):
         self.characters, self.tokens_per_step = characters, tokens_per_step
-        self.losses, self.grad_norms, self.seconds = [], [], 0.0
+        self.losses, self.grad_norms, self.seconds, self.parts = [], [], 0.0, []
         self.total_seconds, self.total_steps = 0.0, 0  # in this process, since it started or resumed
 
-    def add(self, loss: float, grad_norm: float, seconds: float) -> None:
+    def add(self, loss: float, grad_norm: float, seconds: float, parts: dict[str, float] | None = None) -> None:
+        self.parts.append(parts or {})
         self.losses.append(loss)
         self.grad_norms.append(grad_norm)
         self.seconds += seconds
@@ -264,8 +270,9 @@ class TrainingLog:
         metrics = {**{f"train/{name}": value for name, value in named.items()},
                    "train/grad_norm": sum(self.grad_norms) / steps, "train/learning_rate": learning_rate,
                    "train/stage": stage, "train/tokens_per_second": steps * self.tokens_per_step / seconds,
-                   "train/skipped_steps": skipped_steps}
-        self.losses, self.grad_norms, self.seconds = [], [], 0.0
+                   "train/skipped_steps": skipped_steps,
+                   **{f"train/{name}": sum(part[name] for part in self.parts) / steps for name in self.parts[-1]}}
+        self.losses, self.grad_norms, self.seconds, self.parts = [], [], 0.0, []
         return metrics
 
     def postfix(self, metrics: dict) -> dict:
@@ -403,8 +410,8 @@ class Trainer:
                 stage = self.schedule.stage_at(progress.step)
                 self._enter_stage(stage)
                 started = time.perf_counter()
-                loss, grad_norm = self._optimizer_step(batches, stage)
-                self.log.add(loss, grad_norm, time.perf_counter() - started)
+                loss, grad_norm, parts = self._optimizer_step(batches, stage)
+                self.log.add(loss, grad_norm, time.perf_counter() - started, parts)
                 bar.update(1)
                 self._after_step(stage, bar)
                 if self._stop_agreed(signals):
@@ -450,28 +457,39 @@ class Trainer:
             set_trainable(self.unwrapped_model, stage)
         if boundary:
             after = self._validation_loss(stage)
-            self.accelerator.log({"stage/loss_before": before, "stage/loss_after": after}, step=self.progress.step)
+            self._log_stage(stage, {"stage/loss_before": before, "stage/loss_after": after})
             self._report(f"stage {stage.index + 1} at step {stage.start_step}: validation loss {before:.6f} with "
                          f"{stage.num_frozen_flow_layers} flow layers, {after:.6f} with {stage.num_flow_layers}")
         self.current_stage = self.progress.stage = stage.index
+
+    def _log_stage(self, stage: Stage, losses: dict) -> None:
+        """A ``stage/*`` line at a stage boundary (stage 2 on; the first starts at step 0): the stage's number
+        (1-based), its flow layers and frozen ones, and the validation loss before and after the new layers are
+        added (the curve plot marks these steps)."""
+        self.accelerator.log({"stage/index": stage.index + 1, "stage/num_flow_layers": stage.num_flow_layers,
+                              "stage/num_frozen_flow_layers": stage.num_frozen_flow_layers, **losses},
+                             step=self.progress.step)
 
     def _validation_loss(self, stage: Stage) -> float:
         """Validation loss (nats per token) of the training weights, with the evaluation's fixed noise."""
         return evaluate_loss(self.accelerator, self.recipe, self.unwrapped_model, self.eval_loader, stage,
                              self.settings.seed)
 
-    def _optimizer_step(self, batches, stage: Stage) -> tuple[float, float]:
-        """Accumulate gradients over the micro-batches of one step, then apply it unless it is not finite."""
+    def _optimizer_step(self, batches, stage: Stage) -> tuple[float, float, dict[str, float]]:
+        """Accumulate gradients over the micro-batches of one step, then apply it unless it is not finite. Returns
+        the loss, the gradient norm and the loss's parts (nats per token, see `TrainingLog`)."""
         losses = []
         for _ in range(self.settings.gradient_accumulation_steps):
             input_ids = next(batches)["input_ids"]
             self.progress.micro_batches += 1
             self.data_digest.update(input_ids.cpu().numpy().tobytes())
             with self.accelerator.accumulate(self.model):
-                loss = self.recipe.block_nll(self.model, input_ids, stage).mean() / input_ids.shape[1]
+                terms = self.recipe.block_terms(self.model, input_ids, stage)
+                loss = terms["nll"].mean() / input_ids.shape[1]
                 self.accelerator.backward(loss)
-            losses.append(loss.detach().float())
-        loss = self.accelerator.reduce(torch.stack(losses).mean(), "mean").item()
+            losses.append(torch.stack([value.detach().float().mean() for value in terms.values()]) / input_ids.shape[1])
+        means = self.accelerator.reduce(torch.stack(losses).mean(0), "mean").tolist()  # one all-reduce for all terms
+        loss, parts = means[0], dict(zip(list(terms)[1:], means[1:]))
         max_norm = self.settings.max_grad_norm or float("inf")
         grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm))
         if self.guard.step_is_finite(self.progress.step, loss, grad_norm):
@@ -485,7 +503,7 @@ class Trainer:
         self.lr_scheduler.step()
         self.progress.step += 1
         self.progress.tokens += self.tokens_per_step
-        return loss, grad_norm
+        return loss, grad_norm, parts
 
     def _after_step(self, stage: Stage, bar) -> None:
         settings, step = self.settings, self.progress.step

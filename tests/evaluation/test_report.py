@@ -72,11 +72,17 @@ def test_by_default_the_report_shows_the_users_own_results_not_the_shipped_ones(
     assert (tmp_path / "outputs" / "evaluation" / "report.md").is_file()
 
 
+def without_standard_errors(record):
+    if isinstance(record, dict):
+        return {key: without_standard_errors(value) for key, value in record.items() if key != "standard_error"}
+    return record
+
+
 def test_a_result_written_before_standard_errors_were_recorded_is_shown_without_them():
     shipped = json.loads(Path(report.__file__).parent.parent.joinpath(
-        "bench", "results", "eval_quickstart_tarflow_likelihood.json").read_text())
-    row = report.likelihood_row(shipped)
-    assert row[3].startswith("≤ 3.") and "±" not in " ".join(row)
+        "bench", "results", "eval_quickstart_quick_tarflow_likelihood.json").read_text())
+    row = report.likelihood_row(without_standard_errors(shipped))
+    assert row[3].startswith("≤ 2.") and "±" not in " ".join(row)
 
 
 def test_jsonl_and_csv_logs_give_the_same_curves(tmp_path):
@@ -96,3 +102,61 @@ def test_tensorboard_event_files_are_read(tmp_path):
     curves = read_training_log(tmp_path)
     assert [step for step, _ in curves["train/loss"]] == [10, 20]
     assert curves["train/loss"][1][1] == pytest.approx(2.5)
+
+
+def test_mauve_from_few_samples_says_beside_the_number_that_it_is_noise():
+    assert report.mauve_cell({"mauve": 0.0123, "num_samples": 48, "num_references": 48}) == \
+        "0.012 (noise at 48 samples)"
+    assert report.mauve_cell({"mauve": 0.5, "num_samples": 5000, "num_references": 5000}) == "0.500"
+    assert report.mauve_cell({}) == "–"
+
+
+def write_run(folder, model: str, steps: int, seconds: float, rows=()) -> str:
+    folder.mkdir(parents=True)
+    summary = {"model": model, "steps": steps, "train_seconds": seconds, "num_parameters": 1000,
+               "validation": {"loss": 1.7, "bpc": 2.45}}
+    (folder / "results.json").write_text(json.dumps(summary))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(folder)
+
+
+def plateau_curve() -> list[dict]:
+    """A loss that falls fast to 2.3, stays there for steps 200-1000, then falls again; stage 2 starts at 1200."""
+    rows = [{"step": 1200, "stage/index": 2}]
+    for step in range(20, 1600, 20):
+        loss = 3.0 - step / 300 if step < 200 else 2.3 - 0.0002 * (step - 200) / 20 if step < 1000 else \
+            2.292 - (step - 1000) / 1000
+        rows.append({"step": step, "train/loss": loss})
+    return rows
+
+
+def test_the_early_plateau_is_found_where_the_loss_stays_near_one_level():
+    from evaluation.training_logs import early_plateau
+
+    points = [(row["step"], row["train/loss"]) for row in plateau_curve() if "train/loss" in row]
+    start, end = early_plateau(points)
+    assert 200 <= start <= 280 and 940 <= end <= 1040
+    assert early_plateau([(step, 3.0 - step / 1000) for step in range(0, 2000, 20)]) is None  # falls throughout
+    with pytest.raises(ValueError, match="max_fall"):
+        early_plateau(points, max_fall=0)
+
+
+def test_the_report_tables_the_runs_adds_the_baseline_beside_them_and_says_how_it_was_trained(tmp_path):
+    tarflow = write_run(tmp_path / "quickstart-tarflow", "tarflow", 5600, 250.0, plateau_curve())
+    write_run(tmp_path / "quickstart-gpt2", "gpt2", 5600, 180.0, LOG_ROWS)
+    text = report.main(["--logs", tarflow, "--output", str(tmp_path / "report.md")])
+    assert "| quickstart-tarflow | tarflow | 5,600 | 250 s |" in text and "| quickstart-gpt2 | gpt2 | 5,600 |" in text
+    assert "same 5,600 optimizer steps as TarFlowLM (equal steps, not equal wall-clock" in text
+    runs = [("a", {"model": "tarflow", "steps": 5600, "train_seconds": 250.0}),
+            ("b", {"model": "gpt2", "steps": 1760, "train_seconds": 240.0})]
+    assert "same wall-clock time" in report.baseline_sentence(runs)
+
+
+def test_the_curves_mark_the_stages_and_the_early_plateau(tmp_path, monkeypatch):
+    marks = []
+    monkeypatch.setattr("matplotlib.axes.Axes.axvline", lambda axis, step, **kwargs: marks.append(("stage", step)))
+    monkeypatch.setattr("matplotlib.axes.Axes.axvspan", lambda axis, start, end, **kwargs: marks.append(
+        ("plateau", start, end)))
+    curves = read_training_log(write_run(tmp_path / "run-tarflow", "tarflow", 1600, 60.0, plateau_curve()))
+    report.plot_training_curves({"run": curves}, tmp_path / "curves.png", metrics=("loss",))
+    assert ("stage", 1200) in marks and [mark[0] for mark in marks].count("plateau") == 1

@@ -47,6 +47,20 @@ def test_new_stage_starts_where_the_previous_one_ended(progressive_run):
         assert values["stage/loss_after"] == pytest.approx(values["stage/loss_before"], rel=1e-6, abs=1e-6)
 
 
+def test_the_log_records_the_nelbo_parts_and_where_each_stage_starts(progressive_run):
+    from evaluation.training_logs import read_metrics
+
+    metrics = read_metrics(progressive_run[0])
+    starts = {step: (row["stage/index"], row["stage/num_flow_layers"], row["stage/num_frozen_flow_layers"])
+              for step, row in metrics.items() if "stage/index" in row}
+    assert starts == {3: (2, 2, 1), 6: (3, 3, 2)}
+    logged = [row for row in metrics.values() if "train/loss" in row]
+    assert logged
+    for row in logged:  # Eq. 3: NELBO = −log p(x|z) − log p(z) + log q(z|x), each nats per token
+        parts = row["train/neg_log_p_x_given_z"] + row["train/neg_log_p_z"] + row["train/log_q_z"]
+        assert parts == pytest.approx(row["train/loss"], rel=1e-5, abs=1e-5)
+
+
 def test_layers_not_yet_added_do_not_move(progressive_run):
     output_dir, _ = progressive_run
     first_step, stage_one_end = checkpoint_tensors(output_dir, 1)[0], checkpoint_tensors(output_dir, 3)[0]
@@ -237,17 +251,17 @@ def nan_losses(monkeypatch):
     """Make the training loss NaN at the chosen optimizer steps (0-based; validation is unaffected)."""
     from training.recipes import TarFlowRecipe
 
-    bad_steps, calls, original = set(), [0], TarFlowRecipe.block_nll
+    bad_steps, calls, original = set(), [0], TarFlowRecipe.block_terms
 
-    def block_nll(self, model, input_ids, stage):
-        nll = original(self, model, input_ids, stage)
+    def block_terms(self, model, input_ids, stage):
+        terms = original(self, model, input_ids, stage)
         if torch.is_grad_enabled():
             calls[0] += 1
             if calls[0] - 1 in bad_steps:
-                return nll * float("nan")
-        return nll
+                return {**terms, "nll": terms["nll"] * float("nan")}
+        return terms
 
-    monkeypatch.setattr(TarFlowRecipe, "block_nll", block_nll)
+    monkeypatch.setattr(TarFlowRecipe, "block_terms", block_terms)
     return bad_steps
 
 
