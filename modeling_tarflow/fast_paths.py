@@ -20,9 +20,10 @@ import torch
 # float32 elements of one chunk's per-component terms on a CPU (1 MiB: half a core's L2 here).
 CPU_CHUNK_ELEMENTS = 1 << 18
 # Rows of a token-chunked V-way pass on a CPU: large enough that the (V, D) head weight, read once per chunk by
-# each matmul, is amortised, small enough that the (rows, V) temporaries stay in the last-level cache
-# (bench/results/scaling.json, `fused_chunk_rows`).
-CPU_TOKEN_ROWS = 64
+# each matmul, is amortised, small enough that the (rows, V) temporaries stay in the last-level cache. At
+# V = 50257 (bench/results/scaling_vocabulary.json, `tarflow_stage1_rows*`): 32 rows 0.74× GPT-2's tokens/s and
+# 359 KiB/token, 64 rows 0.72× and 567 KiB/token, 128 rows 0.64× and 738 KiB/token.
+CPU_TOKEN_ROWS = 32
 # float32 elements of one chunk's (rows, V) temporaries on a GPU (256 MiB each).
 GPU_CHUNK_ELEMENTS = 1 << 26
 
