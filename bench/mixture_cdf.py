@@ -15,6 +15,7 @@ near underflow (`modeling_tarflow.mixtures.log_cdf_pair`). Timed, interleaved, o
 
     python -m bench.mixture_cdf [--vocab_sizes 1024 8192 50257] [--tokens 256] [--rounds 3]
     python -m bench.mixture_cdf --before 9651dcc --model_folder outputs/bpe-mixd --tokens 128   # and real inputs
+    python -m bench.mixture_cdf --vocab_sizes 50257 --codebook_log_sigma -2.5 --before 9651dcc   # a narrow codebook
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import contextlib
 import copy
 import gzip
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -51,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mix1_mixtures", type=int, default=64, help="K of the Mix-1 call")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (best and median kept)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--codebook_log_sigma", type=float, default=-1.0,
+                        help="log σ of the synthetic codebook (means ~ N(0, 1)); the latents are drawn at that σ")
     parser.add_argument("--before", default=None,
                         help="also time the Mix-d coupling of the model code at this git commit, same weights")
     parser.add_argument("--model_folder", default=None,
@@ -134,11 +138,12 @@ def rosenblatt_inputs(vocab_size: int, args, generator: torch.Generator):
     coupling = MixtureRosenblattCoupling(8, 1, args.latent_dim, vocab_size, codebook)
     with torch.no_grad():
         codebook.mu.normal_(generator=generator)
-        codebook.log_sigma.fill_(-1.0)
+        codebook.log_sigma.fill_(args.codebook_log_sigma)
         coupling.head.weight.normal_(generator=generator)
         coupling.head.bias.zero_()
     ids = torch.randint(0, vocab_size, (1, args.tokens), generator=generator)
-    z = (codebook.mu[ids] + 0.37 * torch.randn(1, args.tokens, args.latent_dim, generator=generator)).detach()
+    sigma = math.exp(args.codebook_log_sigma)
+    z = (codebook.mu[ids] + sigma * torch.randn(1, args.tokens, args.latent_dim, generator=generator)).detach()
     return coupling, z, torch.randn(1, args.tokens, 8, generator=generator)
 
 
