@@ -15,8 +15,6 @@ protocol's default) and ``all-minilm-l6-v2`` (sentence-encoder featurizer); the 
 number.
 """
 
-import math
-import statistics
 import sys
 from dataclasses import asdict, dataclass, field
 
@@ -25,11 +23,9 @@ import torch
 from .cli import (EvaluationArguments, SettingsError, default_output_path, parse_arguments, print_config,
                   require_at_least, run_command)
 from .corpus import choose_blocks, load_blocks
-from .entropy import sample_entropies
+from . import metrics
 from .features import FEATURE_KINDS, default_feature_kind, drop_empty, text_features
-from .gen_ppl import generative_perplexity
 from .loading import LoadedModel, load_encoder, load_evaluated_model, load_reference_lm
-from .mauve_score import mauve_from_features
 from .records import run_header, write_json
 from .sampling import draw_samples
 
@@ -136,16 +132,17 @@ def reference_blocks(run: GenerativeRun, loaded: LoadedModel) -> dict:
 
 
 def gen_ppl_section(texts: list[str], reference: LoadedModel, run: GenerativeRun) -> dict:
-    result = generative_perplexity(texts, reference.model, reference.tokenizer,
-                                   context_size=run.reference_context_size, max_length=run.retokenize_max_length,
-                                   batch_size=run.batch_size, device=run.device)
-    return {**result.to_dict(), "reference_model": reference.label}
+    """Gen-PPL by the `gen_ppl` evaluate module (``evaluation/metrics/gen_ppl``)."""
+    result = metrics.load("gen_ppl").compute(
+        predictions=texts, model=reference.model, tokenizer=reference.tokenizer,
+        context_size=run.reference_context_size, max_length=run.retokenize_max_length, batch_size=run.batch_size,
+        device=run.device)
+    return {**result, "reference_model": reference.label}
 
 
 def entropy_section(ids: torch.Tensor) -> dict:
-    entropies = sample_entropies(ids)
-    error = statistics.stdev(entropies) / math.sqrt(len(entropies)) if len(entropies) > 1 else None
-    return {"mean": statistics.fmean(entropies), "standard_error": error, "unit": "nats", "per_sample": entropies}
+    """Entropy of each sample's own ids by the `sample_entropy` evaluate module."""
+    return metrics.load("sample_entropy").compute(predictions=ids.tolist())
 
 
 def featurize(texts: list[str], featurizer: LoadedModel, kind: str, run: GenerativeRun):
@@ -161,7 +158,8 @@ def mauve_section(sample_texts: list[str], reference_texts: list[str], featurize
     kind = run.feature_kind if run.feature_kind != "auto" else default_feature_kind(featurizer.path)
     p_features, p_dropped = featurize(reference_texts, featurizer, kind, run)
     q_features, q_dropped = featurize(sample_texts, featurizer, kind, run)
-    result = mauve_from_features(p_features, q_features, num_buckets=run.mauve_num_buckets)
+    result = metrics.load("remdm_mauve").compute(predictions=q_features.tolist(), references=p_features.tolist(),
+                                                 num_buckets=run.mauve_num_buckets)
     return {**result, "featurizer": featurizer.label, "feature_kind": kind,
             "empty_texts_dropped": {"references": p_dropped, "samples": q_dropped}}
 
