@@ -42,11 +42,12 @@ def load(args):
     """(model, tokenizer): the trained folder, or a seeded random tiny character model."""
     from training.tokenization_char import build_char_tokenizer
 
-    if not args.tiny:
-        from transformers import AutoModel, AutoTokenizer
-        return (AutoModel.from_pretrained(args.model_folder, trust_remote_code=True).eval(),
-                AutoTokenizer.from_pretrained(args.model_folder, trust_remote_code=True))
     from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM
+
+    if not args.tiny:  # this checkout's sampler, not the copy of the code saved with the weights
+        from transformers import AutoTokenizer
+        return (TarFlowForCausalFlowLM.from_pretrained(args.model_folder).eval(),
+                AutoTokenizer.from_pretrained(args.model_folder, trust_remote_code=True))
     config = TarFlowConfig(vocab_size=27, latent_dim=3, hidden_size=32, num_attention_heads=2, maf_hidden_size=16,
                            max_position_embeddings=args.length,
                            flow_layers=[{"coupling": "mixture_rosenblatt", "num_layers": 1},
