@@ -62,9 +62,10 @@ def plot_rows(rows: list[dict], name: str, label: str, path: str) -> None:
     for row in scored:
         axes.annotate(f"{name}={row[name]:g}", (row["entropy"], row["gen_ppl"]), textcoords="offset points",
                       xytext=(4, 4), fontsize=8)
+    axes.margins(0.2)
     axes.set_xlabel("entropy of a sample's tokens (nats)")
-    axes.set_ylabel(f"Gen-PPL ({scored[0]['reference_model']})")
-    axes.set_title(f"{label}: {name} sweep", fontsize=10)
+    axes.set_ylabel("Gen-PPL")
+    axes.set_title(f"{label}: {name} sweep\nGen-PPL under {scored[0]['reference_model'].split(' (')[0]}", fontsize=9)
     figure.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
