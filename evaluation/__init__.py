@@ -12,7 +12,9 @@ Modules, one concept each: ``bounds`` (ELBO / IW arithmetic, and the units: nats
 (blocks of evaluation text, cut by ``training.data``), ``loading`` and ``offline_assets`` (models from folders,
 aliases or the Hub), ``sampling``, ``gen_ppl``, ``entropy`` (unigram entropy, also training's floor), ``features`` and
 ``mauve_score`` (MAUVE), ``tokens`` (tokenising and padding), ``training_logs`` (the one ``metrics.jsonl`` reader) and
-``report`` (tables and curves), ``records`` (JSON run records and the machine record the benchmarks share), ``cli``
+``report`` (tables and curves), ``metrics`` (Gen-PPL, entropy and MAUVE as ``evaluate`` modules, which
+``gen_ppl``, ``entropy``, ``mauve_score`` and ``tokens`` re-export), ``sweep`` (Gen-PPL against entropy over a
+sampling setting), ``records`` (JSON run records and the machine record the benchmarks share), ``cli``
 (the shared settings dataclass, ``--protocol quick|paper``, one-line usage errors).
 Training imports the shared pieces (``bounds``, ``causal_lm``, ``entropy``, ``training_logs``), which need only torch
 and transformers.

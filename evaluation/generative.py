@@ -2,21 +2,22 @@
 
     python -m evaluation.generative MODEL --reference_data tiny-literary          # quick: 48 samples, SmolLM2
     python -m evaluation.generative MODEL --reference_data openwebtext --protocol paper    # 5000, GPT-2 Large
+    python -m evaluation.generative MODEL --sweep temperature 0.7 0.8 0.9 1.0 --metrics gen_ppl entropy
 
 1. ``--num_samples`` samples of ``--sample_length`` tokens from the model (``evaluation.sampling``), decoded to text;
-2. Gen-PPL under ``--reference_model`` (``evaluation.gen_ppl``: retokenise, 1024-token chunks, first-EOS rule,
-   token-weighted);
-3. entropy of each sample's own ids in nats, averaged (``evaluation.entropy``);
+2. Gen-PPL under ``--reference_model`` (the ``evaluate`` module ``evaluation/metrics/gen_ppl``: retokenise,
+   1024-token chunks, first-EOS rule, token-weighted);
+3. entropy of each sample's own ids in nats, averaged (``evaluation/metrics/sample_entropy``);
 4. MAUVE against as many random ``--sample_length``-token blocks of the validation split of ``--reference_data``,
    features from ``--featurizer`` (default: the reference model, loaded once) computed here
-   (``evaluation.features``), scaling 5, n/10 buckets (``evaluation.mauve_score``).
+   (``evaluation.features``), scaling 5, n/10 buckets (``evaluation/metrics/remdm_mauve``).
+``--sweep NAME VALUE...`` repeats 1-3 (and 4) once per value of ``temperature``, ``top_p`` or ``noise_temperature``
+(``evaluation.sweep``): one JSON row per setting and a PNG of Gen-PPL against entropy.
 Offline, use local folders or the aliases ``smollm2-135m`` (reference LM / last-token featurizer; the quick
 protocol's default) and ``all-minilm-l6-v2`` (sentence-encoder featurizer); the JSON names the models behind every
 number.
 """
 
-import math
-import statistics
 import sys
 from dataclasses import asdict, dataclass, field
 
@@ -25,13 +26,12 @@ import torch
 from .cli import (EvaluationArguments, SettingsError, default_output_path, parse_arguments, print_config,
                   require_at_least, run_command)
 from .corpus import choose_blocks, load_blocks
-from .entropy import sample_entropies
+from . import metrics
 from .features import FEATURE_KINDS, default_feature_kind, drop_empty, text_features
-from .gen_ppl import generative_perplexity
 from .loading import LoadedModel, load_encoder, load_evaluated_model, load_reference_lm
-from .mauve_score import mauve_from_features
 from .records import run_header, write_json
 from .sampling import draw_samples
+from .sweep import SWEEPABLE, run_sweep, sweep_values
 
 METRICS = ("gen_ppl", "entropy", "mauve")
 # Settings each --protocol gives to the flags left unset. Paper: 5000 samples scored by GPT-2 Large (Table 6,
@@ -50,10 +50,14 @@ class GenerativeArguments(EvaluationArguments):
                                     f"{PROTOCOLS['quick']['num_samples']}; paper/ReMDM: 5000)"})
     sample_length: int | None = field(default=None, metadata={"help": "tokens per sample (default: the model's "
                                       "context; OpenWebText models: 1024)"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (TarFlowLM: scale of the base "
-                               "noise)"})
-    top_p: float | None = field(default=None, metadata={"help": "nucleus sampling for causal LM baselines (ReMDM's "
-                                "AR row uses 0.9); not for TarFlowLM"})
+    temperature: float = field(default=1.0, metadata={"help": "next-token temperature, as generate takes it "
+                               "(TarFlowLM with a Mix-d first layer: on π_t; other stacks: on the final draw)"})
+    noise_temperature: float = field(default=1.0, metadata={"help": "TarFlowLM: τ, the scale of the base noise u"})
+    top_p: float | None = field(default=None, metadata={"help": "nucleus sampling (ReMDM's AR row uses 0.9; "
+                                "TarFlowLM with a Mix-d first layer: on π_t)"})
+    sweep: list[str] | None = field(default=None, metadata={"help": "NAME VALUE...: one scored run per value of "
+                                    f"{'/'.join(SWEEPABLE)}, one JSON row each, and a PNG of Gen-PPL against "
+                                    "entropy (e.g. --sweep temperature 0.7 0.8 0.9 1.0)"})
     metrics: list[str] = field(default_factory=lambda: list(METRICS), metadata={"choices": METRICS,
                                "help": "what to compute"})
     reference_model: str | None = field(default=None, metadata={"help": "causal LM for Gen-PPL: Hub id, local "
@@ -87,6 +91,10 @@ class GenerativeArguments(EvaluationArguments):
             raise SettingsError(f"--temperature {self.temperature}: must be > 0")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise SettingsError(f"--top_p {self.top_p}: must be in (0, 1]")
+        if not self.noise_temperature >= 0:
+            raise SettingsError(f"--noise_temperature {self.noise_temperature}: must be >= 0")
+        if self.sweep:
+            sweep_values(self.sweep)
 
 
 @dataclass(kw_only=True)
@@ -121,7 +129,8 @@ def resolve_run(model: str, settings: GenerativeArguments, loaded: LoadedModel) 
         metrics.remove("mauve")
     return GenerativeRun(**{**asdict(settings), **protocol_settings(settings), "sample_length": sample_length,
                             "retokenize_max_length": retokenize, "metrics": metrics,
-                            "output": settings.output or default_output_path("generative", loaded.label)},
+                            "output": settings.output or default_output_path(
+                                "generative", loaded.label, *(["sweep-" + settings.sweep[0]] if settings.sweep else []))},
                          model=model)
 
 
@@ -136,16 +145,17 @@ def reference_blocks(run: GenerativeRun, loaded: LoadedModel) -> dict:
 
 
 def gen_ppl_section(texts: list[str], reference: LoadedModel, run: GenerativeRun) -> dict:
-    result = generative_perplexity(texts, reference.model, reference.tokenizer,
-                                   context_size=run.reference_context_size, max_length=run.retokenize_max_length,
-                                   batch_size=run.batch_size, device=run.device)
-    return {**result.to_dict(), "reference_model": reference.label}
+    """Gen-PPL by the `gen_ppl` evaluate module (``evaluation/metrics/gen_ppl``)."""
+    result = metrics.load("gen_ppl").compute(
+        predictions=texts, model=reference.model, tokenizer=reference.tokenizer,
+        context_size=run.reference_context_size, max_length=run.retokenize_max_length, batch_size=run.batch_size,
+        device=run.device)
+    return {**result, "reference_model": reference.label}
 
 
 def entropy_section(ids: torch.Tensor) -> dict:
-    entropies = sample_entropies(ids)
-    error = statistics.stdev(entropies) / math.sqrt(len(entropies)) if len(entropies) > 1 else None
-    return {"mean": statistics.fmean(entropies), "standard_error": error, "unit": "nats", "per_sample": entropies}
+    """Entropy of each sample's own ids by the `sample_entropy` evaluate module."""
+    return metrics.load("sample_entropy").compute(predictions=ids.tolist())
 
 
 def featurize(texts: list[str], featurizer: LoadedModel, kind: str, run: GenerativeRun):
@@ -161,7 +171,8 @@ def mauve_section(sample_texts: list[str], reference_texts: list[str], featurize
     kind = run.feature_kind if run.feature_kind != "auto" else default_feature_kind(featurizer.path)
     p_features, p_dropped = featurize(reference_texts, featurizer, kind, run)
     q_features, q_dropped = featurize(sample_texts, featurizer, kind, run)
-    result = mauve_from_features(p_features, q_features, num_buckets=run.mauve_num_buckets)
+    result = metrics.load("remdm_mauve").compute(predictions=q_features.tolist(), references=p_features.tolist(),
+                                                 num_buckets=run.mauve_num_buckets)
     return {**result, "featurizer": featurizer.label, "feature_kind": kind,
             "empty_texts_dropped": {"references": p_dropped, "samples": q_dropped}}
 
@@ -177,7 +188,7 @@ def load_featurizer(run: GenerativeRun, reference: LoadedModel | None) -> Loaded
 def protocol_notes(run: GenerativeRun, loaded: LoadedModel, references: dict | None) -> list[str]:
     """How this run departs from, or pins down, the MDLM/ReMDM protocol behind the paper's Table 6."""
     notes = [f"samples: {run.num_samples} x {run.sample_length} tokens, temperature {run.temperature}, top_p "
-             f"{run.top_p}, torch seed {run.seed}",
+             f"{run.top_p}, noise temperature {run.noise_temperature}, torch seed {run.seed}",
              "Gen-PPL: padding is never scored (MDLM pads with EOS and may score one pad as a first EOS when "
              f"batch size > 1); retokenised samples truncated to {run.retokenize_max_length} tokens"]
     if not loaded.is_latent:
@@ -216,8 +227,19 @@ def main(argv: list[str] | None = None) -> dict:
     print_config("generative", asdict(run))
     reference = load_reference_lm(run.reference_model, run.device, run.torch_dtype) \
         if "gen_ppl" in run.metrics else None
+    if run.sweep:
+        return run_sweep(run, lambda setting: score_samples(setting, argv, loaded, reference), loaded.label, argv)
+    record = score_samples(run, argv, loaded, reference)
+    write_json(record, run.output)
+    print(summary_line(record), flush=True)
+    return record
+
+
+def score_samples(run: GenerativeRun, argv: list[str], loaded: LoadedModel, reference: LoadedModel | None) -> dict:
+    """The record of one setting: its samples drawn and scored (and the references, with MAUVE)."""
     torch.manual_seed(run.seed)  # after loading, so that the samples depend on the seed alone
-    ids = draw_samples(loaded, run.num_samples, run.sample_length, run.batch_size, run.temperature, run.top_p)
+    ids = draw_samples(loaded, run.num_samples, run.sample_length, run.batch_size, run.temperature, run.top_p,
+                       run.noise_temperature)
     record = {**run_header("generative", argv, asdict(run)), "model": loaded.describe(),
               "samples": evaluate_texts(loaded.tokenizer.batch_decode(ids.tolist()), ids, reference, run)}
     references = reference_blocks(run, loaded) if run.reference_data else None
@@ -228,8 +250,6 @@ def main(argv: list[str] | None = None) -> dict:
         record["mauve"] = mauve_section(record["samples"]["texts"], references["texts"], featurizer, run)
     record["protocol_notes"] = protocol_notes(run, loaded, references)
     record["summary"] = summary(record)
-    write_json(record, run.output)
-    print(summary_line(record), flush=True)
     return record
 
 

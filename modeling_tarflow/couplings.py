@@ -271,11 +271,16 @@ class MixtureRosenblattCoupling(nn.Module):
             log_det = log_p - normal_log_prob(u).sum(-1)
         return u.flatten(-2), log_det.sum(-1)
 
-    def inverse(self, u: torch.Tensor, features: torch.Tensor, root: RootFinding = EXACT) -> tuple[torch.Tensor, int]:
+    def inverse(self, u: torch.Tensor, features: torch.Tensor, root: RootFinding = EXACT,
+                log_pi_warper=None) -> tuple[torch.Tensor, int]:
+        """`log_pi_warper`: a callable log π (B, n, P, K) → normalised log π' (sampling controls on the next-token
+        distribution, `next_token_controls.py`); z is then drawn from the mixture with weights π'."""
         u = u.unflatten(-1, (self.patch_size, self.latent_dim))
         context, (u, logits) = _full_precision(u, self.mixture_logits(features))
         with context:
             log_pi = torch.log_softmax(logits, dim=-1)
+            if log_pi_warper is not None:
+                log_pi = log_pi_warper(log_pi)
             mu, log_sigma = self._component_params(u.dtype)
             prefix = torch.zeros_like(log_pi)
             dims, iterations = [], 0

@@ -1,6 +1,9 @@
 """Sampling from TarFlowLM (Fig. 1, blue arrow): u ~ N(0, τ²I) → the inverse flows z = f⁻¹(u) (§3.3; patch by
 patch, KV-cached, or Jacobi: `inversion.py`) → x_t ~ p(x_t | z_t), the tied decoder (§3.1; `token_draw.py`),
-optionally continuing a prompt (`prompting.py`). `TarFlowGenerationConfig` holds every sampling setting."""
+optionally continuing a prompt (`prompting.py`). With a tied Mix-d first layer, temperature, top-k/p, min-p and
+logits processors act on its π_t, the next-token distribution, while it is inverted; tokens are then decided patch
+by patch, streamed, and stopped early (`next_token_controls.py`, `deciding_inversion.py`).
+`TarFlowGenerationConfig` holds every sampling setting."""
 
 from __future__ import annotations
 
@@ -11,8 +14,10 @@ import torch
 from transformers import GenerationConfig
 from transformers.utils import ModelOutput
 
+from .deciding_inversion import DecidingInversion
 from .flow import FlowInversion
 from .inversion import JacobiInversion, SequentialInversion
+from .next_token_controls import TokenDecider, resolve_controls
 from .precision import working_dtype
 from .prompting import PromptedSample, sample_continuation
 from .root_finding import RootFinding
@@ -26,7 +31,7 @@ DECODINGS = ("auto", "sequential", "jacobi")
 HONOURED_FIELDS = frozenset({
     "max_new_tokens", "max_length", "min_new_tokens", "min_length", "num_return_sequences", "do_sample",
     "temperature", "top_k", "top_p", "min_p", "eos_token_id", "pad_token_id", "bos_token_id", "use_cache",
-    "output_hidden_states", "return_dict_in_generate", "transformers_version"})
+    "stop_strings", "max_time", "output_hidden_states", "return_dict_in_generate", "transformers_version"})
 _AFTER_THE_LATENTS = ("TarFlowLM draws every token x_t from p(x_t | z_t) after the whole latent sequence z is sampled, "
                       "so no token can be conditioned on the tokens drawn before it")
 _NO_PARTIAL_SEQUENCES = ("beam search ranks partial sequences token by token; TarFlowLM samples the latents of all "
@@ -37,8 +42,6 @@ _REFUSAL_REASONS = {
     **dict.fromkeys(("repetition_penalty", "encoder_repetition_penalty", "no_repeat_ngram_size",
                      "encoder_no_repeat_ngram_size", "bad_words_ids", "sequence_bias", "penalty_alpha"),
                     _AFTER_THE_LATENTS),
-    **dict.fromkeys(("stop_strings", "max_time"), "the latents of every position are sampled before any token, "
-                    "so generation cannot stop early (use eos_token_id: positions after it are padded)"),
 }
 
 
@@ -50,16 +53,25 @@ class TarFlowGenerationConfig(GenerationConfig):
         max_length (`int`, *optional*): the total length, prompt included, when `max_new_tokens` is not given (as
             in `transformers`); a model's default is its context, so `generate()` fills the context.
         min_new_tokens (`int`, *optional*), min_length (`int`, *optional*: total): with `eos_token_id`, EOS cannot be
-            drawn at the first new positions, so every row keeps at least this many tokens before its padding.
-            Without EOS every row has exactly the requested length, which may not be below this minimum.
+            drawn at the first new positions (banned in π_t with a Mix-d first layer, and in the final draw), so
+            every row keeps at least this many tokens before its padding. Without EOS every row has exactly the
+            requested length, which may not be below this minimum.
         num_return_sequences (`int`): samples per prompt (per call without a prompt), ≥ 1.
         noise_temperature (`float`, *optional*): τ, the scale of the base noise u ~ N(0, τ²I) (1 samples the model,
-            0 gives its mode map). Unset, τ follows `temperature`, so one knob cools both random steps of sampling.
-        temperature (`float`): the temperature T of the final draw x_t ~ softmax(logits_t / T) (0: argmax), as in
-            `transformers`; also τ unless `noise_temperature` is set.
-        top_k (`int`), top_p (`float`), min_p (`float`): truncate the final draw's softmax per position, with
-            `transformers`' own warpers. Unset means no truncation (not transformers' global default top_k = 50).
-        do_sample (`bool`): draw x_t ~ p(x_t|z_t) (categorical, in float64) instead of taking the argmax.
+            0 gives its mode map). Unset: 1 with a tied Mix-d first layer (where `temperature` acts on π_t), else
+            `temperature` (one knob cools both random steps of sampling).
+        temperature (`float`), top_k (`int`), top_p (`float`), min_p (`float`): with a tied Mix-d first layer, act
+            on its mixture weights π_t, the next-token distribution p(x_t | z_<t) (Prop. 4), as on GPT-2's logits,
+            with `transformers`' own warpers in `generate`'s order (temperature 0, or `top_k=1`: the most probable
+            token at every position, a greedy decode); see `next_token_controls.py`. In other stacks they reshape
+            the final draw x_t ~ p(x_t | z_t) per position (with a warning), and `temperature` is also τ unless
+            `noise_temperature` is set. Unset means no truncation (not transformers' global default top_k = 50).
+        do_sample (`bool`): draw x_t ~ p(x_t|z_t) (categorical, in float64) instead of taking its argmax (with a
+            Mix-d first layer, within the tokens π_t kept). It is not greedy decoding: z is still random.
+        stop_strings (`str | list[str]`, *optional*; needs `generate(tokenizer=...)`), max_time (`float`, *optional*:
+            seconds): stopping criteria, as `generate`'s `stopping_criteria`; a row that stops holds `pad_token_id`
+            after its last token (the sequence keeps its length), and once every row has stopped no further patch
+            is inverted.
         eos_token_id (`int | list[int]`, *optional*), pad_token_id (`int`, *optional*): the positions after a row's
             first EOS among the new tokens hold `pad_token_id` (EOS itself when unset), as `transformers` pads.
         use_cache (`bool`): sequential decoding keeps each layer's keys and values in a preallocated KV cache
@@ -138,6 +150,7 @@ class TarFlowGenerationConfig(GenerationConfig):
                                                   "scales the base noise u)"),
                 ("noise_temperature", lambda t: t >= 0, "≥ 0 (it scales the base noise u; 0 is the mode map)"),
                 ("top_p", lambda p: 0 < p <= 1, "in (0, 1]"), ("min_p", lambda p: 0 <= p <= 1, "in [0, 1]"),
+                ("max_time", lambda t: t >= 0, "≥ 0 (seconds)"),
                 ("root_tolerance", lambda t: t > 0, "> 0")):
             value = getattr(self, name)
             if value is not None and not (_is_real(value) and valid(value)):
@@ -156,11 +169,17 @@ class TarFlowGenerationConfig(GenerationConfig):
 
     @property
     def base_noise_scale(self) -> float:
-        """τ: `noise_temperature`, else `temperature`, else 1."""
+        """τ in a stack without a next-token layer: `noise_temperature`, else `temperature`, else 1."""
         for value in (self.noise_temperature, self.temperature):
             if value is not None:
                 return value
         return 1.0
+
+    def noise_scale(self, temperature_on_pi: bool) -> float:
+        """τ: `noise_temperature`, else 1 where `temperature` acts on π_t, else `base_noise_scale`."""
+        if temperature_on_pi:
+            return 1.0 if self.noise_temperature is None else self.noise_temperature
+        return self.base_noise_scale
 
     def resolved_decoding(self, batch_size: int) -> str:
         """`"sequential"` or `"jacobi"`: `decoding`, with `"auto"` decided by the sequences sampled at once."""
@@ -201,6 +220,9 @@ class TarFlowGenerateOutput(ModelOutput):
         prompt_acceptance (`torch.FloatTensor` of shape `(batch,)`, *optional*): the fraction of accepted
             Metropolis–Hastings moves per sequence (prompts with right-to-left layers and `prompt_mcmc_steps` > 0).
         decoding (`str`): how the flow layers were inverted, `"sequential"` or `"jacobi"` (what `"auto"` chose).
+        decided_patches (`int`, *optional*): with tokens decided patch by patch (sampling controls, a streamer,
+            stopping criteria or EOS; `next_token_controls.py`), the patches decided before every row ended (fewer
+            than the sequence's when generation stopped early; the first layer's latents after them are NaN).
     """
 
     sequences: torch.LongTensor | None = None
@@ -210,49 +232,63 @@ class TarFlowGenerateOutput(ModelOutput):
     prompt_effective_sample_size: torch.FloatTensor | None = None
     prompt_acceptance: torch.FloatTensor | None = None
     decoding: str | None = None
+    decided_patches: int | None = None
 
 
 @torch.no_grad()
 def generate_tokens(model, input_ids: torch.LongTensor | None, config: TarFlowGenerationConfig,
-                    noise: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
-                    ) -> torch.LongTensor | TarFlowGenerateOutput:
-    """Sample from `model` (a `TarFlowForCausalFlowLM`): see `TarFlowForCausalFlowLM.generate`."""
+                    noise: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                    **controls) -> torch.LongTensor | TarFlowGenerateOutput:
+    """Sample from `model` (a `TarFlowForCausalFlowLM`): see `TarFlowForCausalFlowLM.generate`. `controls`:
+    `logits_processor`, `stopping_criteria`, `streamer`, `tokenizer` (see `next_token_controls.resolve_controls`)."""
     prompt = _checked_prompt(input_ids, attention_mask, model.config)
     prompt_length = 0 if prompt is None else prompt.shape[1]
     length = _new_token_count(config, prompt_length, model.config)
     min_new_tokens = _min_new_token_count(config, prompt_length, length)
+    decisions = resolve_controls(model, config, min_new_tokens, prompt is not None, **controls)
     repeats = config.num_return_sequences or 1
     batch = repeats * (1 if prompt is None else prompt.shape[0])
     generator = torch.Generator(device=model.device).manual_seed(config.seed) if config.seed is not None else None
-    u = config.base_noise_scale * _base_noise(noise, (batch, length, model.config.latent_dim), model, generator)
+    tau = config.noise_scale(decisions.on_pi)
+    u = tau * _base_noise(noise, (batch, length, model.config.latent_dim), model, generator)
     if prompt is not None:
         prompt = prompt.repeat_interleave(repeats, dim=0)
-    z_new, inversion, hidden_states, sample = _sample_latents(model, prompt, u, config, generator)
-    new_ids = draw_tokens(model.decode(z_new), config, min_new_tokens, generator)
+    decider = TokenDecider(model, decisions, prompt, batch, generator) if decisions.decides_by_patch else None
+    z_new, inversion, hidden_states, sample = _sample_latents(model, prompt, u, config, generator, decider, tau)
+    if decider is None:
+        new_ids = draw_tokens(model.decode(z_new), config, min_new_tokens, generator)
+    else:
+        if not decisions.live:
+            decider.decide_all(z_new, model.config.patch_size)
+        new_ids = decider.finish(length)
     sequences = new_ids if prompt is None else torch.cat([prompt, new_ids], dim=1)
     if not (config.return_dict_in_generate or config.output_hidden_states):
         return sequences
-    return _output(sequences, config.resolved_decoding(batch), inversion, hidden_states, sample)
+    return _output(sequences, config.resolved_decoding(batch), inversion, hidden_states, sample, decider)
 
 
 def _sample_latents(model, prompt: torch.Tensor | None, u: torch.Tensor, config: TarFlowGenerationConfig,
-                    generator) -> tuple[torch.Tensor, FlowInversion, list | None, PromptedSample | None]:
+                    generator, decider: TokenDecider | None, tau: float
+                    ) -> tuple[torch.Tensor, FlowInversion, list | None, PromptedSample | None]:
     """(z of the new positions, the inversion, the levels [u .. z] if asked for, the prompted sample if any)."""
     inversion = config.layer_inversion(len(u), model.config)
+    if decider is not None and decider.controls.live:
+        inversion = DecidingInversion(inversion, model.flow.layers[0].coupling, decider)
     if prompt is None:
         inverted = model.flow.inverse(u, inversion=inversion)
         return inverted.z, inverted, inverted.hidden_states if config.output_hidden_states else None, None
     prompt_z = model.codebook.sample(prompt, _standard_normal(prompt.shape + (model.config.latent_dim,), u, generator))
-    sample = sample_continuation(model.flow, prompt_z.to(u.dtype), u, inversion, config.base_noise_scale,
+    sample = sample_continuation(model.flow, prompt_z.to(u.dtype), u, inversion, tau,
                                  config.prompt_proposals, config.prompt_mcmc_steps, generator)
     hidden_states = model.flow(sample.z, check_finite=False).hidden_states[::-1] if config.output_hidden_states else None
     return sample.z[:, prompt.shape[1]:], sample.inversion, hidden_states, sample
 
 
-def _output(sequences, decoding: str, inversion: FlowInversion, hidden_states, sample: PromptedSample | None
-            ) -> TarFlowGenerateOutput:
+def _output(sequences, decoding: str, inversion: FlowInversion, hidden_states, sample: PromptedSample | None,
+            decider: TokenDecider | None) -> TarFlowGenerateOutput:
     return TarFlowGenerateOutput(
         sequences=sequences, decoding=decoding, hidden_states=None if hidden_states is None else tuple(hidden_states),
+        decided_patches=None if decider is None else decider.patches,
         root_iterations=list(inversion.root_iterations), fixed_point_iterations=inversion.fixed_point_iterations,
         prompt_effective_sample_size=None if sample is None else sample.effective_sample_size,
         prompt_acceptance=None if sample is None else sample.acceptance)

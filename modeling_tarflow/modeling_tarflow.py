@@ -242,7 +242,8 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
     @torch.no_grad()
     def generate(self, input_ids: torch.LongTensor | None = None,
                  generation_config: TarFlowGenerationConfig | None = None, noise: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, **kwargs) -> torch.LongTensor | TarFlowGenerateOutput:
+                 attention_mask: torch.Tensor | None = None, logits_processor=None, stopping_criteria=None,
+                 streamer=None, tokenizer=None, **kwargs) -> torch.LongTensor | TarFlowGenerateOutput:
         r"""Sample token ids: u ~ N(0, τ²I) → inverse flows → decode, or continue a prompt.
 
         Args:
@@ -259,6 +260,12 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
                 base noise to invert (scaled by τ), instead of a fresh draw.
             attention_mask (*optional*): as a tokenizer returns it for a batch of equal-length prompts (all ones);
                 padded prompts are refused.
+            logits_processor (`LogitsProcessorList`, *optional*): applied to the Mix-d first layer's log π_t, the
+                next-token scores, after the EOS ban of `min_new_tokens` and before the warpers (see
+                `next_token_controls.py`); refused for stacks without a next-token distribution.
+            stopping_criteria (`StoppingCriteriaList`, *optional*), streamer (`BaseStreamer`, *optional*), tokenizer
+                (for `stop_strings`): as in `transformers`; tokens are decided, streamed and stopped patch by patch
+                as the first flow layer's inverse produces them.
 
         Returns:
             `(batch · num_return_sequences, prompt_length + new tokens)` ids, or a `TarFlowGenerateOutput` with
@@ -269,7 +276,8 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
         if unknown:
             raise ValueError(f"generate() got unknown argument(s) {sorted(unknown)}")
         config = TarFlowGenerationConfig.from_dict({**base.to_dict(), **kwargs})
-        return generate_tokens(self, input_ids, config, noise, attention_mask)
+        return generate_tokens(self, input_ids, config, noise, attention_mask, logits_processor=logits_processor,
+                               stopping_criteria=stopping_criteria, streamer=streamer, tokenizer=tokenizer)
 
     def adjust_generation_fn(self, *args, **kwargs):
         # transformers loads generation_config.json as a plain GenerationConfig: restore TarFlowLM's own class

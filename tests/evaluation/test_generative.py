@@ -94,6 +94,6 @@ def test_generative_cli_samples_a_latent_model(monkeypatch, char_lm_folder, tmp_
                               "--output", str(tmp_path / "latent.json")])
     assert record["config"]["sample_length"] == 16 and "mauve" not in record
     assert len(record["samples"]["entropy"]["per_sample"]) == 6
-    with pytest.raises(ValueError, match="top_p"):
-        generative.main(["fake", "--num_samples", "2", "--top_p", "0.9", "--metrics", "entropy",
-                         "--output", str(tmp_path / "x.json")])
+    cooled = generative.main(["fake", "--num_samples", "2", "--noise_temperature", "0.5", "--metrics", "entropy",
+                              "--output", str(tmp_path / "x.json")])
+    assert cooled["config"]["noise_temperature"] == 0.5 and "noise temperature 0.5" in cooled["protocol_notes"][0]

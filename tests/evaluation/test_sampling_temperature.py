@@ -1,4 +1,4 @@
-"""The evaluation's τ is the scale of TarFlowLM's base noise (paper §7.1), not a tempering of the final draw."""
+"""The evaluation passes τ (the scale of TarFlowLM's base noise, paper §7.1) and the next-token temperature apart."""
 
 import torch
 
@@ -7,7 +7,7 @@ from modeling_tarflow import TarFlowForCausalFlowLM
 from tests.helpers.modeling import tiny_config
 
 
-def test_tau_scales_the_base_noise_and_leaves_the_final_draw_at_temperature_one(monkeypatch):
+def test_tau_and_the_next_token_temperature_reach_generate_separately(monkeypatch):
     model = TarFlowForCausalFlowLM(tiny_config())
     seen = {}
 
@@ -16,5 +16,7 @@ def test_tau_scales_the_base_noise_and_leaves_the_final_draw_at_temperature_one(
         return torch.zeros(kwargs["num_return_sequences"], kwargs["max_new_tokens"], dtype=torch.long)
 
     monkeypatch.setattr(model, "generate", generate)
-    latent_samples(model, num=2, length=4, temperature=0.7)
-    assert seen["noise_temperature"] == 0.7 and seen["temperature"] == 1.0
+    latent_samples(model, num=2, length=4, noise_temperature=0.7)
+    assert seen["noise_temperature"] == 0.7 and seen["temperature"] == 1.0 and "top_p" not in seen
+    latent_samples(model, num=2, length=4, temperature=0.8, top_p=0.9)
+    assert seen["noise_temperature"] == 1.0 and seen["temperature"] == 0.8 and seen["top_p"] == 0.9

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def test_argmax_decode_is_the_decoder_mode_of_the_inverted_scaled_noise(model):
     noise = torch.randn(2, 8, 3)
-    ids = model.generate(noise=noise, max_new_tokens=8, num_return_sequences=2, temperature=0.5, do_sample=False)
+    ids = model.generate(noise=noise, max_new_tokens=8, num_return_sequences=2, noise_temperature=0.5,
+                         do_sample=False)
     z = model.flow.inverse(0.5 * noise).z
     assert torch.equal(ids, model.decode(z).argmax(-1))
 

@@ -77,18 +77,34 @@ def test_an_eos_outside_the_vocabulary_is_an_error(model):
         model.generate(max_new_tokens=4, eos_token_id=11)
 
 
-# The final draw x_t ~ p(x_t | z_t) and τ on the base noise
+# The final draw x_t ~ p(x_t | z_t) and τ on the base noise, in a stack without a next-token layer (with a Mix-d
+# first layer these controls act on π_t instead: tests/modeling/test_next_token_controls.py)
 
 
+@pytest.fixture(scope="module")
+def final_draw_model():
+    """The tiny model's stack with an affine first layer: no next-token distribution, so the controls act on the
+    final draw."""
+    from modeling_tarflow import TarFlowForCausalFlowLM
+    from tests.helpers.modeling import randomize_, tiny_config
+
+    layers = [{"coupling": "affine", "num_layers": 1}, {"coupling": "mixture_cdf", "num_mixtures": 3, "num_layers": 1}]
+    return randomize_(TarFlowForCausalFlowLM(tiny_config(patch_size=2, flow_layers=layers))).eval()
+
+
+@pytest.mark.filterwarnings("ignore:temperature, top_k, top_p and min_p act on the final draw")
 @pytest.mark.parametrize("kwargs", [{"top_k": 1}, {"top_p": 1e-9}, {"temperature": 0.0, "noise_temperature": 1.0}],
                          ids=["top_k=1", "top_p→0", "temperature=0"])
-def test_draws_narrowed_to_one_token_are_the_argmax(model, kwargs):
+def test_draws_narrowed_to_one_token_are_the_argmax(final_draw_model, kwargs):
+    model = final_draw_model
     noise = torch.randn(4, 8, 3)
     sampled = model.generate(noise=noise, max_new_tokens=8, num_return_sequences=4, do_sample=True, seed=0, **kwargs)
     assert torch.equal(sampled, argmax_samples(model, noise))
 
 
-def test_temperature_flattens_the_final_draw(model):
+@pytest.mark.filterwarnings("ignore:temperature, top_k, top_p and min_p act on the final draw")
+def test_temperature_flattens_the_final_draw(final_draw_model):
+    model = final_draw_model
     noise = torch.randn(1, 16, 3).repeat(256, 1, 1)       # one z, many draws of x given z
     mode = argmax_samples(model, noise)
 
@@ -100,7 +116,9 @@ def test_temperature_flattens_the_final_draw(model):
     assert agreement(1.0) > 0.6 and agreement(100.0) < 0.25   # near uniform over 11 tokens at T = 100
 
 
-def test_noise_temperature_scales_the_base_noise_and_overrides_temperature_there(model):
+@pytest.mark.filterwarnings("ignore:temperature, top_k, top_p and min_p act on the final draw")
+def test_noise_temperature_scales_the_base_noise_and_overrides_temperature_there(final_draw_model):
+    model = final_draw_model
     noise = torch.randn(2, 8, 3)
     out = model.generate(noise=noise, max_new_tokens=8, num_return_sequences=2, noise_temperature=0.5,
                          temperature=2.0, do_sample=False, output_hidden_states=True)
@@ -108,6 +126,12 @@ def test_noise_temperature_scales_the_base_noise_and_overrides_temperature_there
     alone = model.generate(noise=noise, max_new_tokens=8, num_return_sequences=2, temperature=0.5,
                            do_sample=False, output_hidden_states=True)
     assert torch.equal(alone.hidden_states[0], 0.5 * noise), "unset, τ follows temperature"
+
+
+def test_the_final_draw_controls_say_where_they_act_in_a_stack_without_a_next_token_layer(final_draw_model):
+    with pytest.warns(UserWarning, match="act on the final draw .* not on a next-token distribution: this model has "
+                      "none .its first flow layer is AffineCoupling"):
+        final_draw_model.generate(max_new_tokens=4, top_p=0.9)
 
 
 def test_unset_truncations_leave_the_default_draw_unchanged(model):
@@ -123,7 +147,7 @@ def test_unset_truncations_leave_the_default_draw_unchanged(model):
     ({"no_repeat_ngram_size": 2}, "no token can be conditioned on the tokens drawn before it"),
     ({"bad_words_ids": [[1]]}, "no token can be conditioned on the tokens drawn before it"),
     ({"num_beams": 2}, "beam search ranks partial sequences"),
-    ({"stop_strings": ["x"]}, "cannot stop early"),
+    ({"stop_strings": ["x"]}, "stop_strings needs the tokenizer"),
     ({"typical_p": 0.5}, "has no counterpart"),
     ({"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
     ({"noise_temperature": -1.0}, "noise_temperature must be ≥ 0"),

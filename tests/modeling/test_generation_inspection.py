@@ -10,7 +10,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def test_hidden_states_run_from_the_scaled_noise_to_the_decoded_latent(model):
     noise = torch.randn(2, 8, 3)
-    out = model.generate(noise=noise, max_new_tokens=8, num_return_sequences=2, temperature=0.8, do_sample=False,
+    out = model.generate(noise=noise, max_new_tokens=8, num_return_sequences=2, noise_temperature=0.8, do_sample=False,
                          output_hidden_states=True)
     assert len(out.hidden_states) == 4 and all(h.shape == (2, 8, 3) for h in out.hidden_states)
     assert torch.equal(out.hidden_states[0], 0.8 * noise)
