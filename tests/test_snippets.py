@@ -4,7 +4,8 @@ written, in a fresh namespace, from an empty working directory.
 A block runs on its own unless the prose just before it says that it continues the previous block (`CONTINUES`);
 then the two run as one program. Blocks that load the model of the README's main command
 (`QUICKSTART_FOLDER`) get a tiny model trained here in seconds, with the quickstart's context and layer layout,
-in its place: that path is the one substitution made, so every other line, sizes included, is what runs.
+in its place, and the Hub's reference LM (`REFERENCE_LM`, unreachable offline) becomes a tiny GPT-2 saved here:
+those two names are the only substitutions made, so every other line, sizes included, is what runs.
 """
 
 import contextlib
@@ -23,6 +24,8 @@ DOCUMENTS = ["README.md", *sorted(str(path.relative_to(ROOT)) for path in ROOT.g
              "evaluation/README.md"]
 QUICKSTART_FOLDER = "outputs/quickstart-tarflow"
 """Where `accelerate launch training/run.py --config quickstart` writes the model, as the snippets load it."""
+REFERENCE_LM = '"gpt2-large"'
+"""The Hub id of the reference LM the evaluation snippets score text under."""
 CONTINUES = "continues the previous block"
 FENCE = re.compile(r"^```python\n(.*?)^```", flags=re.S | re.M)
 
@@ -80,6 +83,15 @@ def quickstart_stand_in(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def reference_lm_stand_in(tmp_path_factory) -> str:
+    """A tiny GPT-2 over the character tokenizer, saved as a causal-LM folder."""
+    from tests.helpers.evaluation import char_tokenizer, save_causal_lm, tiny_gpt2
+
+    return save_causal_lm(tiny_gpt2(vocab_size=28), char_tokenizer(with_eos=True),
+                          tmp_path_factory.mktemp("reference-lm"))
+
+
 @pytest.fixture
 def in_empty_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -100,8 +112,10 @@ def test_programs_join_a_block_to_the_previous_one_only_when_the_prose_says_so()
 
 
 @pytest.mark.parametrize("program", documented_programs(), ids=lambda program: program.name)
-def test_every_documented_block_runs_as_written(program, quickstart_stand_in, in_empty_directory):
-    printed = run_program(program, {QUICKSTART_FOLDER: str(quickstart_stand_in)})
+def test_every_documented_block_runs_as_written(program, quickstart_stand_in, reference_lm_stand_in,
+                                                in_empty_directory):
+    printed = run_program(program, {QUICKSTART_FOLDER: str(quickstart_stand_in),
+                                    REFERENCE_LM: repr(reference_lm_stand_in)})
     assert printed.strip() or "import" in program.code.split("\n", 1)[0], f"{program.name} prints nothing"
 
 

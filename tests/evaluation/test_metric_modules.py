@@ -89,7 +89,9 @@ def test_the_documented_one_liner_scores_a_list_of_strings(reference, tmp_path, 
 
     folder = save_causal_lm(*reference, tmp_path / "reference")
     line = next(line for line in (REPO / "evaluation" / "README.md").read_text().splitlines()
-                if line.startswith('evaluate.load("evaluation/metrics/gen_ppl")'))
-    monkeypatch.chdir(REPO)
-    score = eval(line.replace('"gpt2-large"', repr(folder)), {"evaluate": evaluate, "texts": TEXTS})
+                if line.startswith('print(metrics.load("gen_ppl")'))
+    monkeypatch.chdir(tmp_path)
+    from evaluation import metrics
+    expression = line.removeprefix("print(").removesuffix(")")
+    score = eval(expression.replace('"gpt2-large"', repr(folder)), {"metrics": metrics, "texts": TEXTS})
     assert score == pytest.approx(generative_perplexity(TEXTS, *reference).perplexity, rel=1e-12)
