@@ -46,6 +46,9 @@ class EvaluationArguments:
                         metadata={"help": "torch device (default: cuda when available, else cpu)"})
     dtype: str = field(default="float32", metadata={"choices": sorted(DTYPES), "help": "parameter dtype of the "
                        "loaded models (bounds are accumulated in float64 regardless)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run Python code that a model folder or Hub "
+                                    "repository ships (config.json 'auto_map'), as transformers' flag: only for a "
+                                    "source you trust. TarFlowLM folders load without it (the package's classes)"})
 
     def __post_init__(self):
         require_at_least(self, "batch_size", 1)

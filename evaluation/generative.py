@@ -211,7 +211,7 @@ def summary(record: dict) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     model, settings = parse_arguments(GenerativeArguments, argv, "python -m evaluation.generative", __doc__)
-    loaded = load_evaluated_model(model, settings.device, settings.torch_dtype)
+    loaded = load_evaluated_model(model, settings.device, settings.torch_dtype, settings.trust_remote_code)
     run = resolve_run(model, settings, loaded)
     print_config("generative", asdict(run))
     reference = load_reference_lm(run.reference_model, run.device, run.torch_dtype) \

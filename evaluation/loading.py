@@ -95,29 +95,50 @@ def unavailable_hint(name: str, error: Exception) -> ModelUnavailableError:
 
 
 def load_pretrained(name: str, model_class, device="cpu", dtype=torch.float32, trust_remote_code=False) -> LoadedModel:
-    """``model_class.from_pretrained`` plus the tokenizer, in eval mode on ``device``, with a clear offline error."""
+    """``model_class.from_pretrained`` plus the tokenizer, in eval mode on ``device``, with a clear offline error.
+    Code shipped with the model (``auto_map``) runs only with `trust_remote_code`, as in ``transformers``."""
     path, label = resolve_model_source(name)
     try:
         model = model_class.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as error:
         raise unavailable_hint(name, error) from error
+    except ValueError as error:
+        raise refused_remote_code(name, error) from error
     return LoadedModel(model.to(device).eval(), tokenizer, source=name, path=path, label=label)
 
 
-def load_evaluated_model(name: str, device="cpu", dtype=torch.float32) -> LoadedModel:
-    """A saved TarFlowLM folder (``AutoModel``, remote code allowed) or a causal LM baseline."""
-    try:  # the installed package registers its Auto classes; folders with an ``auto_map`` also load without it
-        import modeling_tarflow  # noqa: F401
+def refused_remote_code(name: str, error: ValueError) -> Exception:
+    """transformers' refusal to run a model's own code, as the flag that allows it; other errors unchanged."""
+    if "trust_remote_code" not in str(error):
+        return error
+    return ModelUnavailableError(f"{name!r} ships its own Python code (config.json 'auto_map'), which is not run "
+                                 "without consent: pass --trust_remote_code if you trust its source (TarFlowLM "
+                                 "folders need no flag: the installed package provides their classes)")
+
+
+def register_tarflow_classes() -> None:
+    """Register the installed package's TarFlowLM Auto classes, so a TarFlowLM folder loads them (and not the copy
+    of the code saved in the folder) without ``trust_remote_code``."""
+    try:
+        import modeling_tarflow  # noqa: F401  (its import registers the classes)
     except ImportError:
         pass
+
+
+def load_evaluated_model(name: str, device="cpu", dtype=torch.float32, trust_remote_code=False) -> LoadedModel:
+    """A saved TarFlowLM folder (``AutoModel``) or a causal LM baseline; a folder's own code runs only with
+    `trust_remote_code`."""
+    register_tarflow_classes()
     path, _ = resolve_model_source(name)
     try:
-        model_type = AutoConfig.from_pretrained(path, trust_remote_code=True).model_type
+        model_type = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).model_type
     except OSError as error:
         raise unavailable_hint(name, error) from error
+    except ValueError as error:
+        raise refused_remote_code(name, error) from error
     model_class = AutoModel if model_type in LATENT_MODEL_TYPES else AutoModelForCausalLM
-    return load_pretrained(name, model_class, device, dtype, trust_remote_code=True)
+    return load_pretrained(name, model_class, device, dtype, trust_remote_code=trust_remote_code)
 
 
 def load_reference_lm(name: str, device="cpu", dtype=torch.float32) -> LoadedModel:
