@@ -214,13 +214,13 @@ def main(argv: list[str] | None = None) -> dict:
     loaded = load_evaluated_model(model, settings.device, settings.torch_dtype, settings.trust_remote_code)
     run = resolve_run(model, settings, loaded)
     print_config("generative", asdict(run))
+    references = reference_blocks(run, loaded) if run.reference_data else None  # before sampling: fails fast
     reference = load_reference_lm(run.reference_model, run.device, run.torch_dtype) \
         if "gen_ppl" in run.metrics else None
     torch.manual_seed(run.seed)  # after loading, so that the samples depend on the seed alone
     ids = draw_samples(loaded, run.num_samples, run.sample_length, run.batch_size, run.temperature, run.top_p)
     record = {**run_header("generative", argv, asdict(run)), "model": loaded.describe(),
               "samples": evaluate_texts(loaded.tokenizer.batch_decode(ids.tolist()), ids, reference, run)}
-    references = reference_blocks(run, loaded) if run.reference_data else None
     if references is not None and run.score_references:
         record["references"] = evaluate_texts(references["texts"], references["ids"], reference, run)
     if "mauve" in run.metrics:

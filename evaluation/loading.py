@@ -17,6 +17,7 @@ from training.errors import UsageError
 from .offline_assets import OFFLINE_ASSETS, locate_offline_asset
 
 LATENT_MODEL_TYPES = frozenset({"tarflow"})
+TRAINING_MODEL_SUBFOLDER = "model"  # where training/run.py exports the model inside its --output_dir
 
 
 class ModelUnavailableError(UsageError, OSError):
@@ -61,12 +62,22 @@ def check_local_model_folder(name: str) -> None:
     path = Path(name).expanduser()
     if path.is_file():
         raise ModelUnavailableError(f"{name!r} is a file: pass the folder that holds config.json and the weights")
+    if path.is_dir() and (path / TRAINING_MODEL_SUBFOLDER / "config.json").is_file():
+        raise ModelUnavailableError(f"{name!r} is a training run's output folder; its model is the subfolder "
+                                    f"{str(Path(name) / TRAINING_MODEL_SUBFOLDER)!r}")
     if path.is_dir() and not (path / "config.json").is_file():
         raise ModelUnavailableError(f"the folder {name!r} holds no config.json: not a model folder written by "
-                                    "save_pretrained (training/run.py writes one at the end of a run)")
+                                    "save_pretrained (training/run.py writes one, <output_dir>/model, at the end of "
+                                    "a run)")
     if not path.exists() and names_a_local_path(name):
         raise ModelUnavailableError(f"the model folder {name!r} does not exist ({path.resolve()}); check the path "
                                     "(training/run.py writes a model folder at the end of a run)")
+
+
+def folder_label(folder: Path) -> str:
+    """A model's name in results: its folder's, or for a training run's ``<output_dir>/model`` the run's."""
+    folder = folder.resolve()
+    return folder.parent.name if folder.name == TRAINING_MODEL_SUBFOLDER and folder.parent.name else folder.name
 
 
 def resolve_model_source(name: str) -> tuple[str, str]:
@@ -74,7 +85,7 @@ def resolve_model_source(name: str) -> tuple[str, str]:
     check_local_model_folder(name)
     folder = Path(name).expanduser()
     if folder.is_dir():
-        return str(folder), folder.resolve().name
+        return str(folder), folder_label(folder)
     if name.lower() in OFFLINE_ASSETS:
         try:
             return str(locate_offline_asset(name.lower())), OFFLINE_ASSETS[name.lower()].label
