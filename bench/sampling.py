@@ -13,11 +13,11 @@ and fixed-point iterations, the KV cache's speed-up over recomputing the transfo
 chose the faster of the two, and (`--count_ops`) the tensor operations per token of each sampler and part of the
 model — what batch-1 sampling time is made of, the same on every machine.
 
-`--model_folder` times a trained TarFlowLM (e.g. the quickstart's `outputs/quickstart-tarflow`) instead, against the
+`--model_folder` times a trained TarFlowLM (e.g. the quickstart's `outputs/quickstart-tarflow/model`) instead, against the
 GPT-2 of its depth, width and vocabulary; `--rounds 0` only counts operations (no timing).
 
     python -m bench.sampling [--length 128] [--rounds 3] [--threads 1] [--count_ops]
-    python -m bench.sampling --model_folder outputs/quickstart-tarflow --output sampling_quickstart --count_ops
+    python -m bench.sampling --model_folder outputs/quickstart-tarflow/model --output sampling_quickstart --count_ops
 """
 
 from __future__ import annotations

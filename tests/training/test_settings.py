@@ -49,7 +49,8 @@ def test_every_preset_file_parses():
 
 def test_command_line_flags_override_the_preset():
     settings, data_config = parse_settings(["--config", "quickstart", "--max_steps", "7", "--block_size", "64",
-                                            "--model_config", '{"hidden_size": 64}', "--model", "gpt2"])
+                                            "--sample_length", "64", "--model_config", '{"hidden_size": 64}',
+                                            "--model", "gpt2"])
     preset = load_preset("quickstart")
     assert (settings.max_steps, data_config.block_size, settings.model) == (7, 64, "gpt2")
     assert settings.model_config == {**preset["model_config"], "hidden_size": 64}

@@ -173,7 +173,7 @@ def test_the_saved_tokenizer_loads_without_a_prompt_and_knows_the_context(progre
 
     output_dir, _ = progressive_run
     script = (f"from transformers import AutoTokenizer\n"
-              f"t = AutoTokenizer.from_pretrained({str(output_dir)!r}, trust_remote_code=True)\n"
+              f"t = AutoTokenizer.from_pretrained({str(output_dir / 'model')!r}, trust_remote_code=True)\n"
               "ids = t(['the cat sat on the mat ' * 3, 'a dog'], truncation=True)['input_ids']\n"
               "print(type(t).__name__, t.model_max_length, [len(row) for row in ids], repr(t.decode(ids[1])))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, stdin=subprocess.DEVNULL,
