@@ -9,7 +9,7 @@ Each is timed against two references at the same seed: the same call with EOS ba
 (`min_new_tokens` = the length: the same patch-by-patch decisions, never stopping) and the call without EOS (the
 plain sampler). Rounds interleave the configurations; the best round is kept beside the median.
 
-    python -m bench.early_stop [--model_folder outputs/quickstart-tarflow] [--batch_size 32] [--length 128]
+    python -m bench.early_stop [--model_folder outputs/quickstart-tarflow/model] [--batch_size 32] [--length 128]
     python -m bench.early_stop --tiny --rounds 1 --output_dir /tmp/x        # a random tiny model, seconds
 """
 
@@ -26,7 +26,7 @@ from bench.environment import RESULTS_DIR, write_result
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_folder", default="outputs/quickstart-tarflow")
+    parser.add_argument("--model_folder", default="outputs/quickstart-tarflow/model")
     parser.add_argument("--tiny", action="store_true", help="a random tiny character model instead (for tests)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--length", type=int, default=128)

@@ -9,8 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-TARFLOW=${TARFLOW:-outputs/quickstart-tarflow}
-GPT2=${GPT2:-outputs/quickstart-gpt2}
+RUN_TARFLOW=${RUN_TARFLOW:-outputs/quickstart-tarflow}   # training output folders; their models are in model/
+RUN_GPT2=${RUN_GPT2:-outputs/quickstart-gpt2}
+TARFLOW=$RUN_TARFLOW/model
+GPT2=$RUN_GPT2/model
 OUT=bench/results
 for model in "$TARFLOW" "$GPT2"; do  # fail before the long runs, not after them
     [ -f "$model/config.json" ] || { echo "no model in $model: train it first (README, Train)" >&2; exit 1; }
@@ -21,11 +23,11 @@ python -m evaluation.likelihood "$TARFLOW" --data tiny-literary --split test --p
 python -m evaluation.likelihood "$GPT2" --data tiny-literary --split test --seed 0 \
     --output "$OUT/eval_quickstart_gpt2_likelihood.json"
 for model in "$TARFLOW" "$GPT2"; do
-    name=$(basename "$model" | sed 's/quickstart-//')
+    name=$(basename "$(dirname "$model")" | sed 's/quickstart-//')
     python -m evaluation.generative "$model" --num_samples 200 --batch_size 50 --seed 0 \
         --reference_model smollm2-135m --featurizer smollm2-135m --reference_data tiny-literary \
         $( [ "$name" = tarflow ] && echo --score_references ) \
         --output "$OUT/eval_quickstart_${name}_generative.json"
 done
-python -m evaluation.report "$OUT"/eval_quickstart_*.json --logs "$TARFLOW" "$GPT2" \
+python -m evaluation.report "$OUT"/eval_quickstart_*.json --logs "$RUN_TARFLOW" "$RUN_GPT2" \
     --output "$OUT/quickstart_report.md"

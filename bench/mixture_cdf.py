@@ -14,7 +14,7 @@ near underflow (`modeling_tarflow.mixtures.log_cdf_pair`). Timed, interleaved, o
   mixture densities, one chunk), with the largest differences in u and log|det| between library and reference.
 
     python -m bench.mixture_cdf [--vocab_sizes 1024 8192 50257] [--tokens 256] [--rounds 3]
-    python -m bench.mixture_cdf --before 9651dcc --model_folder outputs/bpe-mixd --tokens 128   # and real inputs
+    python -m bench.mixture_cdf --before 9651dcc --model_folder outputs/bpe-mixd/model --tokens 128   # and real inputs
     python -m bench.mixture_cdf --vocab_sizes 50257 --codebook_log_sigma -2.5 --before 9651dcc   # a narrow codebook
 """
 

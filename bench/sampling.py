@@ -13,13 +13,13 @@ and fixed-point iterations, the KV cache's speed-up over recomputing the transfo
 chose the faster of the two, and (`--count_ops`) the tensor operations per token of each sampler and part of the
 model — what batch-1 sampling time is made of, the same on every machine.
 
-`--model_folder` times a trained TarFlowLM (e.g. the quickstart's `outputs/quickstart-tarflow`) instead, against the
+`--model_folder` times a trained TarFlowLM (e.g. the quickstart's `outputs/quickstart-tarflow/model`) instead, against the
 GPT-2 of its depth, width and vocabulary; `--rounds 0` only counts operations (no timing).
 
     python -m bench.sampling [--length 128] [--rounds 3] [--threads 1] [--count_ops]
-    python -m bench.sampling --model_folder outputs/quickstart-tarflow --output sampling_quickstart --count_ops
-    python -m bench.sampling --model_folder outputs/bpe-mixd --before 9651dcc --methods sequential \
-        --batch_sizes 1 16 --length 32 --rounds 2 --count_kept --output sampling_bpe_mixd   # V = 50257
+    python -m bench.sampling --model_folder outputs/quickstart-tarflow/model --output sampling_quickstart --count_ops
+    python -m bench.sampling --model_folder outputs/bpe-mixd/model --before 9651dcc --methods sequential \
+        --batch_sizes 1 16 --length 16 --rounds 2 --count_kept --output sampling_bpe_mixd   # V = 50257
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 # 4 transformer layers tied to the codebook and two Mix-1 layers of 1, progressive stage 1 for 99% of 700 steps
 # (about 12 minutes on 2 CPU cores), so that the Mix-d inverse's pruning meets a real next-token distribution.
 #
-#   bash bench/train_bpe_mixd.sh [OUTPUT_DIR]        # default outputs/bpe-mixd
+#   bash bench/train_bpe_mixd.sh [OUTPUT_DIR]        # default outputs/bpe-mixd; the model in OUTPUT_DIR/model
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HF_HUB_OFFLINE=1 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \

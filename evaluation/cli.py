@@ -9,9 +9,11 @@ Tables 2 and 6); a flag given explicitly always wins, and the result JSON record
 
 import argparse
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from transformers import HfArgumentParser
@@ -46,13 +48,42 @@ class EvaluationArguments:
                         metadata={"help": "torch device (default: cuda when available, else cpu)"})
     dtype: str = field(default="float32", metadata={"choices": sorted(DTYPES), "help": "parameter dtype of the "
                        "loaded models (bounds are accumulated in float64 regardless)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run Python code that a model folder or Hub "
+                                    "repository ships (config.json 'auto_map'), as transformers' flag: only for a "
+                                    "source you trust. TarFlowLM folders load without it (the package's classes)"})
 
     def __post_init__(self):
         require_at_least(self, "batch_size", 1)
+        check_device(self.device)
+        if self.output is not None:
+            check_output_path(self.output)
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+
+def check_device(device: str) -> None:
+    """A device torch can name and this machine has, before any model is loaded onto it."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError) as error:
+        raise SettingsError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from error
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(kind, True):
+        raise SettingsError(f"--device {device}: this machine has no {kind.upper()} device that torch can use; "
+                            "pass --device cpu")
+
+
+def check_output_path(output: str) -> None:
+    """Where the result JSON goes must be writable now, not found out after the scoring or sampling."""
+    path = Path(output)
+    if path.is_dir():
+        raise SettingsError(f"--output {output} is a folder; pass the JSON file to write")
+    existing = next(parent for parent in [path.parent, *path.parent.parents] if parent.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK) or \
+            (path.exists() and not os.access(path, os.W_OK)):
+        raise SettingsError(f"--output {output} cannot be written ({existing} is not a writable folder)")
 
 
 def parse_arguments(arguments_class, argv: list[str], prog: str, description: str):

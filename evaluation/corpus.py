@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import pyarrow.compute
 import torch
 
-from training.data import TokenBlocks, evenly_spaced, load_openwebtext, load_text8, tokenize_documents
+from training.data import (TokenBlocks, encode_characters, evenly_spaced, load_openwebtext, load_text8,
+                           tokenize_documents)
 from training.errors import DataError
-from training.tokenization_char import encode_text8, is_character_tokenizer
+from training.tokenization_char import is_character_tokenizer
 
 from .tokens import batched
 
@@ -63,7 +64,9 @@ class Blocks:
 def split_stream(source: str, split: str, tokenizer) -> tuple[object, int]:
     """The token stream of one split (an id array, or a dataset of per-document ids) and its length in tokens."""
     if is_character_tokenizer(tokenizer):
-        ids = encode_text8(load_text8(source, split))
+        ids = encode_characters(load_text8(source, split), source, split, "a character model reads text8-"
+                                "normalised text only: normalise the file as training's --normalize_text8 does "
+                                "(training.tokenization_char.text8_normalize)")
         return ids, len(ids)
     documents = tokenize_documents(load_openwebtext(source, split), tokenizer)
     lengths = pyarrow.compute.list_value_length(documents.data.column("input_ids"))

@@ -222,9 +222,10 @@ def summary(record: dict) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     model, settings = parse_arguments(GenerativeArguments, argv, "python -m evaluation.generative", __doc__)
-    loaded = load_evaluated_model(model, settings.device, settings.torch_dtype)
+    loaded = load_evaluated_model(model, settings.device, settings.torch_dtype, settings.trust_remote_code)
     run = resolve_run(model, settings, loaded)
     print_config("generative", asdict(run))
+    references = reference_blocks(run, loaded) if run.reference_data else None  # before sampling: fails fast
     reference = load_reference_lm(run.reference_model, run.device, run.torch_dtype) \
         if "gen_ppl" in run.metrics else None
     if run.sweep:
@@ -242,7 +243,6 @@ def score_samples(run: GenerativeRun, argv: list[str], loaded: LoadedModel, refe
                        run.noise_temperature)
     record = {**run_header("generative", argv, asdict(run)), "model": loaded.describe(),
               "samples": evaluate_texts(loaded.tokenizer.batch_decode(ids.tolist()), ids, reference, run)}
-    references = reference_blocks(run, loaded) if run.reference_data else None
     if references is not None and run.score_references:
         record["references"] = evaluate_texts(references["texts"], references["ids"], reference, run)
     if "mauve" in run.metrics:

@@ -204,7 +204,7 @@ def protocol_notes(loaded: LoadedModel, run: LikelihoodRun, counts: dict) -> lis
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     model, settings = parse_arguments(LikelihoodArguments, argv, "python -m evaluation.likelihood", __doc__)
-    loaded = load_evaluated_model(model, settings.device, settings.torch_dtype)
+    loaded = load_evaluated_model(model, settings.device, settings.torch_dtype, settings.trust_remote_code)
     run = resolve_run(model, settings, loaded)
     print_config("likelihood", asdict(run))
     blocks = load_blocks(run.data, run.split, loaded.tokenizer, run.block_size, run.max_blocks)

@@ -20,6 +20,9 @@ import os
 import sys
 from pathlib import Path
 
+from training.errors import UsageError
+
+from .cli import run_command
 from .training_logs import (TRAINING_LOG_NAMES, Curves, baseline_folder, early_plateau, find_curve,
                             read_training_log, run_summary, stage_starts)
 
@@ -41,11 +44,21 @@ def load_results(paths) -> tuple[dict[str, list[dict]], list[str]]:
             skipped.append(str(path))
             continue
         kind = record.get("evaluation") if isinstance(record, dict) else None
-        if kind in records:
+        if kind in records and is_readable_record(record, kind):
             records[kind].append(record)
         else:
             skipped.append(str(path))
     return records, skipped
+
+
+def is_readable_record(record: dict, kind: str) -> bool:
+    """Whether a record has every field its table row reads (a truncated or hand-edited file may not): such a
+    file is listed as skipped rather than stopping the report."""
+    try:
+        likelihood_row(record) if kind == "likelihood" else generative_rows(record)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return False
+    return True
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -244,6 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def read_log(log) -> Curves:
+    """`read_training_log`, its failures on a missing or malformed log as one ``error:`` line naming it."""
+    try:
+        return read_training_log(log)
+    except (OSError, ValueError, KeyError, ImportError) as error:
+        raise UsageError(f"--logs {log}: {error}") from error
+
+
 def main(argv: list[str] | None = None) -> str:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     paths = args.results or sorted(p for pattern in DEFAULT_RESULT_GLOBS for p in glob.glob(pattern))
@@ -252,7 +273,7 @@ def main(argv: list[str] | None = None) -> str:
     if args.logs:
         logs = args.logs + [baseline_folder(log) for log in args.logs if baseline_folder(log)]
         plot_path = args.plot or str(Path(args.output).with_name("training_curves.png"))
-        plot_training_curves({run_name(log): read_training_log(log) for log in dict.fromkeys(map(str, logs))},
+        plot_training_curves({run_name(log): read_log(log) for log in dict.fromkeys(map(str, logs))},
                              plot_path, args.curves)
         plot_link = os.path.relpath(plot_path, Path(args.output).parent)
     report = build_report(records, skipped, plot_link, runs)
@@ -263,4 +284,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -58,10 +58,14 @@ def read_metrics(path) -> dict[int, dict]:
     path = Path(path)
     path = path / METRICS_FILE if path.is_dir() else path
     by_step: dict[int, dict] = {}
-    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines() if path.is_file() else [], 1):
         if line.strip():
-            record = json.loads(line)
-            by_step.setdefault(record.pop("step"), {}).update(record)
+            try:
+                record = json.loads(line)
+                by_step.setdefault(int(record.pop("step")), {}).update(record)
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
+                raise ValueError(f"{path} line {number} is not a JSON object with a 'step': {line[:80]!r}") \
+                    from error
     return by_step
 
 

@@ -19,7 +19,7 @@ from transformers.utils import ModelOutput
 
 from .codebook import GaussianCodebook
 from .couplings import build_coupling
-from .inversion import SEQUENTIAL, JacobiInversion, LayerInversion, SequentialInversion
+from .inversion import SEQUENTIAL, JacobiInversion, LayerInversion, SequentialInversion, check_finite_parameters
 from .mixtures import normal_log_prob
 from .root_finding import RootFinding
 from .transformer import CausalConditioner
@@ -72,12 +72,14 @@ class AutoregressiveFlow(nn.Module):
 
     A prefix (B, Np, c) holds known inputs of Np patches before h in the sequence (a prompt): a layer whose order
     keeps it first conditions on it (it fills the KV cache); a reversed layer reads it only after h, so it does not
-    enter h's transform at all.
+    enter h's transform at all. `name` says which layer it is in errors (``flow layer 2 (affine)``).
     """
 
-    def __init__(self, conditioner: CausalConditioner, coupling: nn.Module, order: Permutation, mix: Permutation):
+    def __init__(self, conditioner: CausalConditioner, coupling: nn.Module, order: Permutation, mix: Permutation,
+                 name: str = "a flow layer"):
         super().__init__()
         self.conditioner, self.coupling, self.order, self.mix = conditioner, coupling, order, mix
+        self.name = name
 
     def forward(self, h: torch.Tensor, prefix: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """h (B, N, c) → (u (B, N, c), log_det (B,)), reading `prefix` first when given."""
@@ -104,11 +106,13 @@ class AutoregressiveFlow(nn.Module):
     def inverse(self, u: torch.Tensor, prefix: torch.Tensor | None = None,
                 inversion: Inversion = SEQUENTIAL) -> LayerInversion:
         """u (B, N, c) → `LayerInversion` with h (B, N, c), solved in this layer's order by `inversion`, after
-        the conditioner has read `prefix` (when this layer's order keeps it first)."""
+        the conditioner has read `prefix` (when this layer's order keeps it first). Non-finite parameters, features
+        or recovered patches are a `NonFiniteInversionError` naming the layer, never finite-looking latents."""
+        check_finite_parameters(self, self.name)
         y = self.order(u)
         known = self.mix(prefix) if prefix is not None and self.order.keeps_prefix_first else None
         context = self.conditioner.prefill(known, y, inversion.use_cache)
-        inverted = inversion.invert(self.conditioner, self.coupling, y, context)
+        inverted = inversion.invert(self.conditioner, self.coupling, y, context, self.name)
         return inverted._replace(h=self.mix.inverse(self.order.inverse(inverted.h)))
 
 
@@ -120,7 +124,8 @@ def build_layer(config, index: int, layer: dict, codebook: GaussianCodebook | No
         config.layer_norm_eps)
     order = PatchReversal() if layer["direction"] == "r2l" else Permutation()
     mix = ChannelMix() if config.channel_mixing and index > 0 else Permutation()
-    return AutoregressiveFlow(conditioner, build_coupling(layer, config, codebook), order, mix)
+    return AutoregressiveFlow(conditioner, build_coupling(layer, config, codebook), order, mix,
+                              f"flow layer {index} ({layer['coupling']})")
 
 
 @dataclass
@@ -237,6 +242,8 @@ class FlowStack(nn.Module):
         `RootFinding.for_model`) or `JacobiInversion` (parallel fixed point).
         """
         self._check_latents(u, "u", 0 if prompt is None else prompt.length, check_finite=True)
+        for layer in self.layers:  # before any is inverted: a corrupted layer's NaN would reach the others' prompt
+            check_finite_parameters(layer, layer.name)
         inversion = inversion if inversion is not None else SequentialInversion(root=self.root)
         h, levels, root_iterations, fixed_point = self.patchify(u), [u], [], []
         for index in reversed(range(len(self.layers))):

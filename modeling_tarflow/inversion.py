@@ -24,6 +24,9 @@ from .root_finding import RootFinding
 from .transformer import CausalConditioner, ConditionerContext
 
 
+CouplingInverse = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, int]]
+
+
 class LayerInversion(NamedTuple):
     """A layer's recovered inputs h (B, N, c), the root-finder iterations of its slowest patch, and, for Jacobi
     inversion, the fixed-point iterations each block took (empty for sequential inversion)."""
@@ -33,11 +36,41 @@ class LayerInversion(NamedTuple):
     fixed_point_iterations: list[int]
 
 
+class NonFiniteInversionError(FloatingPointError):
+    """A flow layer's inverse met NaN or inf: in its parameters, in the conditioner's features, or in a recovered
+    patch. The root finder's bracketing would turn non-finite mixture parameters into finite, plausible-looking
+    latents, so the inverse refuses them instead, naming the layer."""
+
+
+def check_finite_parameters(module: torch.nn.Module, layer_name: str) -> None:
+    """Refuse a layer whose parameters hold NaN or inf (one device sync for all of them), naming the first."""
+    parameters = list(module.named_parameters())
+    finite = torch.stack([torch.isfinite(p).all() for _, p in parameters]) if parameters else torch.ones(1)
+    if not bool(finite.all()):
+        bad = [name for (name, _), ok in zip(parameters, finite.tolist()) if not ok]
+        raise NonFiniteInversionError(f"{layer_name}: its parameters hold NaN or inf ({', '.join(bad[:3])}"
+                                      f"{', ...' if len(bad) > 3 else ''}); the weights are corrupted")
+
+
+def checked_inverse(inverse: CouplingInverse, layer_name: str) -> CouplingInverse:
+    """`inverse` refusing non-finite conditioner features or recovered patches (one device sync per call for both):
+    every inverse step of every strategy, compiled or not, goes through it."""
+
+    def checked(u: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, int]:
+        h, iterations = inverse(u, features)
+        if not bool(torch.isfinite(features).all() & torch.isfinite(h).all()):
+            what = "conditioner features" if not bool(torch.isfinite(features).all()) else "recovered patch"
+            raise NonFiniteInversionError(f"{layer_name}: non-finite {what} (NaN or inf) while inverting the flow; "
+                                          "the weights are probably corrupted (check torch.isfinite on "
+                                          "model.parameters())")
+        return h, iterations
+    return checked
+
+
 # Newton iterations of the root finder's branch-free mode under `torch.compile`: the trained models' root finds take
 # 1–6 (bench/results/sampling.json); a patch that needs more is solved again eagerly.
 COMPILED_ROOT_ITERATIONS = 8
 
-CouplingInverse = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, int]]
 
 
 def compiled_inverse(coupling, backend: str | None, root: RootFinding = RootFinding()) -> CouplingInverse:
@@ -92,9 +125,9 @@ class SequentialInversion:
     compile_backend: str | None = None
     root: RootFinding = RootFinding()
 
-    def invert(self, conditioner: CausalConditioner, coupling, y: torch.Tensor,
-               context: ConditionerContext) -> LayerInversion:
-        inverse = compiled_inverse(coupling, self.compile_backend, self.root)
+    def invert(self, conditioner: CausalConditioner, coupling, y: torch.Tensor, context: ConditionerContext,
+               layer_name: str = "a flow layer") -> LayerInversion:
+        inverse = checked_inverse(compiled_inverse(coupling, self.compile_backend, self.root), layer_name)
         return LayerInversion(*_invert_patch_by_patch(inverse, conditioner, y, context), [])
 
 
@@ -123,9 +156,9 @@ class JacobiInversion:
     compile_backend: str | None = None
     root: RootFinding = RootFinding()
 
-    def invert(self, conditioner: CausalConditioner, coupling, y: torch.Tensor,
-               context: ConditionerContext) -> LayerInversion:
-        inverse = compiled_inverse(coupling, self.compile_backend, self.root)
+    def invert(self, conditioner: CausalConditioner, coupling, y: torch.Tensor, context: ConditionerContext,
+               layer_name: str = "a flow layer") -> LayerInversion:
+        inverse = checked_inverse(compiled_inverse(coupling, self.compile_backend, self.root), layer_name)
         blocks, root_iterations, block_iterations = [], 0, []
         for start in range(0, y.shape[1], self.block_size):
             if block_iterations and block_iterations[-1] > self.fallback_fraction * self.block_size:
@@ -156,5 +189,5 @@ class JacobiInversion:
 
 SEQUENTIAL = SequentialInversion()
 
-__all__ = ["LayerInversion", "SequentialInversion", "JacobiInversion", "SEQUENTIAL", "compiled_inverse",
+__all__ = ["LayerInversion", "NonFiniteInversionError", "check_finite_parameters", "checked_inverse", "SequentialInversion", "JacobiInversion", "SEQUENTIAL", "compiled_inverse",
            "COMPILED_ROOT_ITERATIONS"]

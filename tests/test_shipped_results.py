@@ -20,8 +20,8 @@ REGENERATE = {
     "eval_quickstart_quick": "the README's two evaluation commands (Evaluate), copied here",
     "eval_quickstart": "bash bench/evaluate_quickstart.sh",
     "likelihood_study_quickstart": "python -m bench.likelihood_study --claim quickstart",
-    "sampling_quickstart": "python -m bench.sampling --model_folder outputs/quickstart-tarflow ...",
-    "sampling_operations": "python -m bench.sampling --model_folder outputs/quickstart-tarflow --count_ops ...",
+    "sampling_quickstart": "python -m bench.sampling --model_folder outputs/quickstart-tarflow/model ...",
+    "sampling_operations": "python -m bench.sampling --model_folder outputs/quickstart-tarflow/model --count_ops ...",
 }
 
 

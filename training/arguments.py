@@ -49,7 +49,8 @@ class TrainingSettings:
         "help": "TarFlowConfig keyword arguments (JSON on the command line, merged over the preset's); "
                 "max_position_embeddings defaults to --block_size"})
     output_dir: str | None = field(default=None, metadata={
-        "help": "where checkpoints, logs and the final model folder go (default: outputs/<preset>-<model>)"})
+        "help": "where the run's checkpoints, logs and records go, and its model, in the subfolder model/ "
+                "(default: outputs/<preset>-<model>)"})
     seed: int = field(default=42, metadata={"help": "seeds the model init, data order and latent noise"})
     max_steps: int = field(default=1000, metadata={"help": "optimizer steps in all (all stages together)"})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "blocks per process per micro-batch"})
@@ -80,6 +81,9 @@ class TrainingSettings:
     save_total_limit: int = field(default=2, metadata={"help": "keep only the newest N checkpoints"})
     resume_from_checkpoint: str | None = field(default=None, metadata={
         "help": "'latest' (the newest complete checkpoint in --output_dir, if any) or a checkpoint folder"})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "start a new run in an --output_dir that holds an earlier one, deleting its model, checkpoints and "
+                "metrics (without it, such a run is refused)"})
     max_nonfinite_steps: int = field(default=10, metadata={
         "help": "stop when this many consecutive steps had a NaN/inf loss or gradient (each one is skipped)"})
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast (GPU); the mixture math stays float32"})
@@ -105,6 +109,20 @@ class TrainingSettings:
             raise SettingsError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.model not in MODEL_KINDS:
             raise SettingsError(f"--model must be one of {MODEL_KINDS}, got {self.model!r}")
+        self._check_optimizer_and_seed()
+
+    def _check_optimizer_and_seed(self) -> None:
+        """What torch would refuse only once training starts (AdamW's betas, NumPy's seed range)."""
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise SettingsError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.adam_epsilon < float("inf"):
+            raise SettingsError(f"--adam_epsilon must be a finite number >= 0, got {self.adam_epsilon}")
+        if not 0 <= self.seed < 2**32:
+            raise SettingsError(f"--seed must be in [0, 2**32), got {self.seed}")
+        if self.num_samples < 0 or (self.sample_length is not None and self.sample_length < 1):
+            raise SettingsError(f"--num_samples must be >= 0 and --sample_length >= 1, got {self.num_samples} and "
+                                f"{self.sample_length}")
 
     def resolve_global_batch(self, num_processes: int) -> str:
         """Derive the accumulation steps from ``global_train_batch_size`` (so a preset means the same optimisation
@@ -236,7 +254,36 @@ def parse_settings(argv: list[str] | None = None) -> tuple[TrainingSettings, Dat
         check_model_config_keys(settings.model_config)
     if settings.output_dir is None:
         settings.output_dir = str(Path("outputs") / f"{settings.preset_name}-{settings.model}")
+    check_settings_together(settings, data_config)
     return settings, data_config
+
+
+def model_config_integer(model_config: dict, name: str, default: int) -> int:
+    value = model_config.get(name, default)
+    if type(value) is not int or value < 1:
+        raise SettingsError(f"--model_config {name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_settings_together(settings: TrainingSettings, data_config: DataConfig) -> None:
+    """Every setting against the others, before any data is read or step taken (a run must not train for hours
+    and then fail drawing its samples): the block and the samples fit the model's context and its patches."""
+    model_config = settings.model_config
+    patch = model_config_integer(model_config, "patch_size",
+                                 inspect.signature(TarFlowConfig.__init__).parameters["patch_size"].default)
+    context = model_config_integer(model_config, "max_position_embeddings", data_config.block_size)
+    patched = settings.model == "tarflow"  # the GPT-2 baseline reads tokens one by one
+    if data_config.block_size > context:
+        raise SettingsError(f"--block_size {data_config.block_size} exceeds --model_config max_position_embeddings "
+                            f"{context}")
+    if patched and data_config.block_size % patch:
+        raise SettingsError(f"--block_size {data_config.block_size} must be a multiple of the patch size {patch}")
+    length = settings.sample_length or data_config.block_size
+    if settings.num_samples and length > context:
+        raise SettingsError(f"--sample_length {length} exceeds the model's context of {context} tokens "
+                            f"(--block_size {data_config.block_size}); lower --sample_length, or --num_samples 0")
+    if settings.num_samples and patched and length % patch:
+        raise SettingsError(f"--sample_length {length} must be a multiple of the patch size {patch}")
 
 
 def resolved_settings(settings: TrainingSettings, data_config: DataConfig) -> dict:

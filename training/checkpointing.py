@@ -1,9 +1,11 @@
 """Resumable checkpoints and the output folder they live in.
 
-A checkpoint is `accelerator.save_state` into a temporary folder plus ``checkpoint.json`` (the run's settings and
-the size of every file written), renamed into place when complete. A folder named ``checkpoint-<step>`` is
-therefore whole unless something removed a file since; resuming checks the list and falls back to the newest whole
-checkpoint. A run killed while saving leaves only a ``.tmp-checkpoint-<step>`` folder, which resuming ignores and
+A checkpoint is `accelerator.save_state` (weights as safetensors; optimizer, sampler and RNG states as torch files,
+read back with ``weights_only=True``) plus the run's own state (`RunState`: progress and learning-rate schedule as
+JSON, the EMA weights as safetensors, so nothing in a checkpoint is a pickle that could run code), plus
+``checkpoint.json`` (the run's settings and the size and SHA-256 of every file written), all in a temporary folder
+renamed into place when complete. A folder named ``checkpoint-<step>`` is therefore whole unless something removed
+or altered a file since; resuming checks every size and checksum and falls back to the newest whole checkpoint. A run killed while saving leaves only a ``.tmp-checkpoint-<step>`` folder, which resuming ignores and
 the next save clears. (Accelerate's own automatic checkpoint naming writes in place, so it cannot give this
 guarantee; its ``total_limit`` pruning is replaced by `prune_checkpoints` here.) Several processes must share the
 output folder's file system; one run at a time owns it (`output_dir_lock`).
@@ -18,8 +20,11 @@ taken must keep their stages.
 """
 
 import contextlib
+import errno
 import fcntl
+import hashlib
 import json
+import pickle
 import os
 import re
 import shutil
@@ -29,14 +34,23 @@ from pathlib import Path
 from typing import Callable
 
 from accelerate import Accelerator
+from accelerate.utils import load as load_torch_file
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
 
-from training.errors import CheckpointError, OutputDirBusyError
+from training.errors import CheckpointError, OutputDirBusyError, OutputDirTakenError, SettingsError
 from training.stages import StageSchedule
 
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
 TEMPORARY_PREFIX = ".tmp-"
 MANIFEST = "checkpoint.json"
 LOCK_FILE = "training.lock"
+RUN_RECORDS = ("model", ".tmp-model", "checkpoints", "logs", "metrics.jsonl", "results.json", "training_config.yaml",
+               "tracker_config.json")
+"""What a run writes into its output folder (besides the lock): an earlier run, if any of them is there."""
+STATE_FILE = "training_state.json"
+EMA_FILE = "ema.safetensors"
 
 
 @dataclass
@@ -54,8 +68,84 @@ class TrainingProgress:
         return asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the counters; anything but exactly these fields as non-negative integers is refused, so a damaged
+        or crafted file cannot silently restart the run at step 0."""
+        expected = set(asdict(TrainingProgress()))
+        if not isinstance(state, dict) or set(state) != expected or not all(
+                type(value) is int and value >= 0 for value in state.values()):
+            raise ValueError(f"the progress must hold the non-negative integers {sorted(expected)}, got {state!r}")
         for name, value in state.items():
             setattr(self, name, value)
+
+
+class RunState:
+    """The run's own resumable state beside Accelerate's: the progress and the learning-rate schedule as JSON
+    (``training_state.json``), the EMA weights as safetensors (``ema.safetensors``). Neither format can run code
+    when read, unlike the pickles `accelerator.register_for_checkpointing` would write."""
+
+    def __init__(self, progress: TrainingProgress, lr_scheduler, ema: nn.Module):
+        self.progress, self.lr_scheduler, self.ema = progress, lr_scheduler, ema
+
+    def save(self, folder: Path) -> None:
+        state = {"progress": self.progress.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict()}
+        (folder / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
+        save_model(self.ema, str(folder / EMA_FILE))
+
+    def load(self, folder: Path, step: int) -> None:
+        """Restore from `folder`, written at `step`; a file that cannot be read is a `CheckpointError` naming it."""
+        try:
+            state = json.loads((folder / STATE_FILE).read_text())
+            self.progress.load_state_dict(state["progress"])
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise CheckpointError(f"cannot resume {folder}: {folder / STATE_FILE} is not a training state this "
+                                  f"run can read ({error})") from error
+        if self.progress.step != step:
+            raise CheckpointError(f"cannot resume {folder}: {STATE_FILE} is at step {self.progress.step}, but the "
+                                  f"checkpoint was written at step {step}")
+        try:
+            load_model(self.ema, str(folder / EMA_FILE), strict=True)
+        except (OSError, SafetensorError, RuntimeError) as error:
+            raise CheckpointError(f"cannot resume {folder}: {folder / EMA_FILE} does not hold this model's EMA "
+                                  f"weights ({str(error).splitlines()[0]})") from error
+
+
+def check_output_dir(output_dir: str | Path) -> None:
+    """Before anything else: `output_dir` is (or can be made) a folder this process may write to."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise SettingsError(f"--output_dir {output_dir} is a file, not a folder; choose another --output_dir")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SettingsError(f"--output_dir {output_dir}: cannot create the folder ({error.strerror or error}); "
+                            "choose another --output_dir") from error
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SettingsError(f"--output_dir {output_dir} is not writable by this user; choose another --output_dir")
+
+
+def earlier_run_records(output_dir: str | Path) -> list[str]:
+    return [name for name in RUN_RECORDS if (Path(output_dir) / name).exists()]
+
+
+def claim_output_dir(output_dir: str | Path, resuming: bool, overwrite: bool, accelerator: Accelerator) -> None:
+    """A new run (no ``--resume_from_checkpoint``) never silently replaces an earlier run's model, checkpoints
+    and metrics: it is refused, unless ``--overwrite_output_dir`` asks for exactly that, which then deletes the
+    earlier run's records (`RUN_RECORDS`, and nothing else) before this run writes its own."""
+    found = earlier_run_records(output_dir)
+    if resuming or not found:
+        return
+    if not overwrite:
+        raise OutputDirTakenError(
+            f"--output_dir {output_dir} already holds a training run ({', '.join(found)}); to continue it, rerun "
+            "with --resume_from_checkpoint latest; to replace it, pass --overwrite_output_dir; or choose another "
+            "--output_dir")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for name in found:
+            path = Path(output_dir) / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    accelerator.wait_for_everyone()
 
 
 @contextlib.contextmanager
@@ -68,7 +158,11 @@ def output_dir_lock(output_dir: str | Path, is_main_process: bool):
         return
     path = Path(output_dir) / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise SettingsError(f"--output_dir {output_dir} is not writable ({error.strerror or error}); choose another "
+                            "--output_dir") from error
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as error:
@@ -96,17 +190,39 @@ def complete_checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda path: int(CHECKPOINT_PATTERN.fullmatch(path.name).group(1)))
 
 
-def missing_files(checkpoint: Path) -> list[str]:
-    """What a checkpoint lacks compared with its manifest (everything, if the manifest itself is missing)."""
-    manifest = checkpoint / MANIFEST
-    if not manifest.is_file():
-        return [MANIFEST]
-    return [name for name, size in read_manifest(checkpoint)["files"].items()
-            if not (checkpoint / name).is_file() or (checkpoint / name).stat().st_size != size]
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def damaged_files(checkpoint: Path) -> list[str]:
+    """What is wrong with a checkpoint compared with its manifest, one entry per file: missing, truncated (the
+    size differs) or corrupted (the SHA-256 differs); everything, if the manifest itself is missing or unreadable."""
+    try:
+        files = read_manifest(checkpoint)["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return [f"{MANIFEST} missing or unreadable"]
+    if not isinstance(files, dict) or not all(isinstance(entry, dict) and {"bytes", "sha256"} <= set(entry)
+                                              for entry in files.values()):
+        return [f"{MANIFEST} lists no SHA-256 per file (a checkpoint of an older version, which stored pickles)"]
+    problems = []
+    for name, entry in files.items():
+        path = checkpoint / name
+        if not path.is_file():
+            problems.append(f"{name} missing")
+        elif path.stat().st_size != entry["bytes"]:
+            problems.append(f"{name} truncated ({path.stat().st_size} of {entry['bytes']} bytes)")
+        elif file_sha256(path) != entry["sha256"]:
+            problems.append(f"{name} corrupted (its SHA-256 differs from the manifest's)")
+    return problems
 
 
 def read_manifest(checkpoint: Path) -> dict:
-    """``{"step": n, "files": {name: bytes}, "run": the run record}`` as `save_checkpoint` wrote it."""
+    """``{"step": n, "files": {name: {"bytes": n, "sha256": hex}}, "run": the run record}`` as `save_checkpoint`
+    wrote it."""
     return json.loads((checkpoint / MANIFEST).read_text())
 
 
@@ -120,10 +236,10 @@ def find_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: str |
         return _whole_checkpoint(Path(resume_from_checkpoint))
     checkpoints = complete_checkpoints(output_dir)
     for checkpoint in reversed(checkpoints):
-        missing = missing_files(checkpoint)
-        if not missing:
+        damaged = damaged_files(checkpoint)
+        if not damaged:
             return checkpoint
-        report(f"{checkpoint} is incomplete (missing or truncated: {', '.join(missing)}): trying an older one")
+        report(f"{checkpoint} is incomplete or corrupted ({'; '.join(damaged)}): trying an older one")
     if checkpoints:
         raise CheckpointError(f"no whole checkpoint in {checkpoints_root(output_dir)} to resume from; start a new "
                               "run without --resume_from_checkpoint, or in a new --output_dir")
@@ -133,28 +249,35 @@ def find_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: str |
 def _whole_checkpoint(path: Path) -> Path:
     if not path.is_dir():
         raise CheckpointError(f"--resume_from_checkpoint {path}: no such checkpoint folder")
-    missing = missing_files(path)
-    if missing:
-        raise CheckpointError(f"--resume_from_checkpoint {path}: the checkpoint is incomplete (missing or "
-                              f"truncated: {', '.join(missing)}); pass an older checkpoint, or 'latest' for the "
-                              "newest whole one")
+    damaged = damaged_files(path)
+    if damaged:
+        raise CheckpointError(f"--resume_from_checkpoint {path}: the checkpoint is incomplete or corrupted "
+                              f"({'; '.join(damaged)}); pass an older checkpoint, or 'latest' for the newest whole "
+                              "one")
     return path
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, total_limit: int,
-                    run_record: dict) -> Path:
-    """Write the full training state at `step` atomically, with a manifest holding `run_record` and the size of
-    every file, then keep only the newest `total_limit` checkpoints."""
+                    run_record: dict, run_state: RunState) -> Path:
+    """Write the full training state at `step` atomically (Accelerate's files and `run_state`), with a manifest
+    holding `run_record` and the size and SHA-256 of every file, then keep only the newest `total_limit`
+    checkpoints. A full disk is a `CheckpointError` naming it; the older checkpoints stay as they were."""
     root = checkpoints_root(output_dir)
     final, temporary = root / f"checkpoint-{step}", root / f"{TEMPORARY_PREFIX}checkpoint-{step}"
+    try:
+        if accelerator.is_main_process:
+            shutil.rmtree(temporary, ignore_errors=True)
+            root.mkdir(parents=True, exist_ok=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(temporary))
+        accelerator.wait_for_everyone()  # every process's files (its random_states_<i>.pkl) are written
+        if accelerator.is_main_process:
+            run_state.save(temporary)
+            write_manifest(temporary, step, run_record)
+    except (OSError, RuntimeError) as error:
+        shutil.rmtree(temporary, ignore_errors=True)  # gives the space back
+        raise checkpoint_write_error(root, step, error) from error
     if accelerator.is_main_process:
-        shutil.rmtree(temporary, ignore_errors=True)
-        root.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
-    accelerator.wait_for_everyone()  # every process's files (its random_states_<i>.pkl) are written
-    if accelerator.is_main_process:
-        write_manifest(temporary, step, run_record)
         if final.exists():  # the same step saved by an earlier attempt of this run
             shutil.rmtree(final)
         temporary.rename(final)
@@ -163,8 +286,27 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
     return final
 
 
+def checkpoint_write_error(root: Path, step: int, error: Exception) -> CheckpointError:
+    """What a failed write means for the user: torch reports a full disk as ``unexpected pos`` (its zip writer),
+    Python as ``ENOSPC``; name the disk and its free space rather than the writer's internals."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    try:
+        usage = shutil.disk_usage(root)
+    except OSError:
+        usage = None
+    full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "unexpected pos" in text or \
+        "No space left" in text or (usage is not None and usage.free < 1 << 20)
+    where = f"the disk holding {root}" + (f" ({usage.free / 2**20:.1f} MiB free of {usage.total / 2**30:.1f} GiB)"
+                                          if usage is not None else "")
+    cause = f"{where} is full" if full else f"writing to {where} failed ({text})"
+    return CheckpointError(f"could not write checkpoint-{step}: {cause}; the checkpoints already in {root} are "
+                           "whole. Free some space (or choose another --output_dir) and rerun with "
+                           "--resume_from_checkpoint latest")
+
+
 def write_manifest(folder: Path, step: int, run_record: dict) -> None:
-    files = {str(path.relative_to(folder)): path.stat().st_size for path in sorted(folder.rglob("*")) if path.is_file()}
+    files = {str(path.relative_to(folder)): {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+             for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST}
     (folder / MANIFEST).write_text(json.dumps({"step": step, "files": files, "run": run_record}, indent=1) + "\n")
 
 
@@ -176,11 +318,21 @@ def prune_checkpoints(output_dir: str | Path, total_limit: int) -> None:
         shutil.rmtree(old)
 
 
-def resume_training(accelerator: Accelerator, checkpoint: Path | None, progress: TrainingProgress) -> None:
-    """Continue from `checkpoint` (weights, optimizer, schedule, EMA, RNGs, data position, stage), if any."""
+def resume_training(accelerator: Accelerator, checkpoint: Path | None, run_state: RunState) -> None:
+    """Continue from `checkpoint` (weights, optimizer, schedule, EMA, RNGs, data position, stage), if any. Every
+    torch file is read with ``weights_only=True`` (no pickled code runs); one that will not load is refused, naming
+    it, rather than skipped (Accelerate itself skips RNG states it cannot read)."""
     if checkpoint is None:
         return
-    accelerator.load_state(str(checkpoint))
+    rng_file = checkpoint / f"random_states_{accelerator.process_index}.pkl"
+    try:
+        load_torch_file(rng_file)
+        accelerator.load_state(str(checkpoint))
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as error:
+        raise CheckpointError(f"cannot resume {checkpoint}: a file will not load as plain tensors "
+                              f"({str(error).strip().splitlines()[0]}); resume from another checkpoint") from error
+    run_state.load(checkpoint, read_manifest(checkpoint)["step"])
+    progress = run_state.progress
     accelerator.print(f"resumed from {checkpoint} at step {progress.step} (stage {progress.stage + 1}, "
                       f"micro-batch {progress.micro_batches})")
 
@@ -188,7 +340,7 @@ def resume_training(accelerator: Accelerator, checkpoint: Path | None, progress:
 # --- The run record: what a resumed run must share with the checkpoint ---------------------------------------
 
 RESUMABLE_CHANGES = frozenset({
-    "config", "output_dir", "resume_from_checkpoint", "max_steps", "logging_steps", "eval_steps", "save_steps",
+    "config", "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "max_steps", "logging_steps", "eval_steps", "save_steps",
     "save_total_limit", "max_nonfinite_steps", "report_to", "num_samples", "sample_length", "push_to_hub",
     "per_device_eval_batch_size", "max_eval_blocks", "torch_compile", "cache_dir", "num_proc",
 })

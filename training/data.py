@@ -35,7 +35,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .errors import AssetUnavailableError, DataError, MissingDataError, SettingsError
-from .tokenization_char import build_char_tokenizer, encode_text8, text8_normalize
+from .tokenization_char import TEXT8_ALPHABET, build_char_tokenizer, encode_text8, text8_normalize
 
 SHIPPED_CORPUS = "tiny-literary"
 SHIPPED_CORPUS_DIR = Path(__file__).resolve().parent.parent / "data" / SHIPPED_CORPUS
@@ -241,9 +241,25 @@ def build_datasets(config: DataConfig) -> tuple[dict[str, torch.utils.data.Datas
 def _build_split(config: DataConfig, split: str, tokenizer: PreTrainedTokenizerBase) -> TokenBlocks:
     if config.uses_characters:
         text = load_text8(config.dataset, split, normalize=config.normalize_text8, cache_dir=config.cache_dir)
-        return TokenBlocks(encode_text8(text), config.block_size)
+        ids = encode_characters(text, config.dataset, split, "pass --normalize_text8 to lowercase it and turn every "
+                                "other run of characters (newlines, digits, punctuation) into one space")
+        return TokenBlocks(ids, config.block_size)
     documents = load_openwebtext(config.dataset, split, cache_dir=config.cache_dir)
     return TokenBlocks(tokenize_documents(documents, tokenizer, num_proc=config.num_proc), config.block_size)
+
+
+def encode_characters(text: str, source: str, split: str, remedy: str):
+    """`encode_text8` of one split of `source`, refusing text outside the alphabet as a `DataError` that names the
+    file it came from and `remedy` (a flag of the command that read it)."""
+    try:
+        return encode_text8(text)
+    except ValueError:
+        outside = sorted(set(text) - set(TEXT8_ALPHABET))
+        path = _local_path(source) if source != "text8" else None
+        where = _split_file(path, split, _CHARACTER_SUFFIXES) if path is not None and path.is_dir() else path
+        raise DataError(f"{where or source} (the {split} split of {source!r}) holds {len(outside)} kinds of "
+                        f"characters outside the text8 alphabet (a-z and space), e.g. "
+                        f"{', '.join(map(repr, outside[:10]))}; {remedy}") from None
 
 
 def _available_splits(config: DataConfig) -> tuple[str, ...]:

@@ -27,6 +27,10 @@ class OutputDirBusyError(UsageError, RuntimeError):
     """Another run holds the output folder."""
 
 
+class OutputDirTakenError(UsageError, FileExistsError):
+    """The output folder holds an earlier run, which a new run would overwrite."""
+
+
 class CheckpointError(UsageError, RuntimeError):
     """A checkpoint that cannot be resumed: incomplete, or written by a run with other settings."""
 

@@ -17,6 +17,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from evaluation import causal_lm
 from modeling_tarflow import TarFlowConfig, TarFlowForCausalFlowLM
+from training.errors import SettingsError
 from training.stages import Stage
 
 
@@ -33,12 +34,15 @@ def isolated_rng(seed: int, device: torch.device):
 def build_tarflow_config(model_config: dict, tokenizer: PreTrainedTokenizerBase, block_size: int) -> TarFlowConfig:
     """`TarFlowConfig` from the settings' ``model_config``; the vocabulary and context default to the data's."""
     values = {"vocab_size": len(tokenizer), "max_position_embeddings": block_size, **model_config}
-    config = TarFlowConfig(**values)
+    try:
+        config = TarFlowConfig(**values)
+    except (TypeError, ValueError) as error:
+        raise SettingsError(f"--model_config: {error}") from error
     if config.vocab_size < len(tokenizer):
-        raise ValueError(f"model_config.vocab_size ({config.vocab_size}) is smaller than the tokenizer's "
+        raise SettingsError(f"model_config.vocab_size ({config.vocab_size}) is smaller than the tokenizer's "
                          f"vocabulary ({len(tokenizer)})")
     if block_size > config.max_position_embeddings:
-        raise ValueError(f"--block_size {block_size} exceeds model_config.max_position_embeddings "
+        raise SettingsError(f"--block_size {block_size} exceeds model_config.max_position_embeddings "
                          f"({config.max_position_embeddings})")
     return config
 

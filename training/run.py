@@ -7,11 +7,13 @@
 
 Also ``python -m training.run`` with the same flags. Every flag is listed by ``--help``; a ``--config`` preset
 (``training/configs/``) sets defaults that flags override.
-The output folder ends up holding the model (EMA weights, tokenizer, model card: load it with
-``AutoModel.from_pretrained(folder, trust_remote_code=True)``), ``results.json``, ``metrics.jsonl``, the TensorBoard
-logs and the last checkpoints. Exit status: 0 when done; 2 for a problem with the settings, data, network, output
-folder or checkpoint (one line on stderr); 128 + N after signal N (SIGTERM, SIGINT), with a checkpoint to resume
-from. docs/reliability.md lists every case.
+The output folder ends up holding the model in ``model/`` (EMA weights, tokenizer, model card: load it with
+``AutoModel.from_pretrained(folder + "/model", trust_remote_code=True)``; it is exactly what ``--push_to_hub``
+uploads) and, beside it, the run's records: ``results.json``, ``metrics.jsonl``, the TensorBoard logs and the last
+checkpoints. A new run refuses an output folder holding an earlier one (``--resume_from_checkpoint latest``
+continues it, ``--overwrite_output_dir`` replaces it). Exit status: 0 when done; 2 for a problem with the
+settings, data, network, output folder or checkpoint (one line on stderr); 128 + N after signal N (SIGTERM,
+SIGINT), with a checkpoint to resume from. docs/reliability.md lists every case.
 
 This module is the run from start to finish: settings → data → recipe → `training.trainer.Trainer` → the
 deliverable (the model folder with EMA weights, tokenizer and model card, results.json, the optional Hub upload),
@@ -22,6 +24,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import sys
 from pathlib import Path
 
@@ -37,8 +40,8 @@ from transformers import PreTrainedTokenizerBase
 
 from evaluation.entropy import unigram_entropy
 from training.arguments import format_settings, parse_settings, resolved_settings
-from training.checkpointing import (build_run_record, check_resumable, find_resume_checkpoint, output_dir_lock,
-                                    read_manifest, resume_training)
+from training.checkpointing import (build_run_record, check_output_dir, check_resumable, claim_output_dir,
+                                    find_resume_checkpoint, output_dir_lock, read_manifest, resume_training)
 from training.data import DataConfig, build_datasets
 from training.errors import AssetUnavailableError, TrainingStopped, UsageError
 from training.recipes import RECIPES, build_tarflow_config
@@ -80,9 +83,13 @@ def architecture_summary(model) -> dict:
 def decode_samples(trainer: Trainer, tokenizer, settings, block_size: int) -> list[str]:
     if settings.num_samples == 0:
         return []
-    length = settings.sample_length or block_size
-    ids = trainer.recipe.sample(trainer.ema.module, settings.num_samples, length, settings.seed)
+    ids = trainer.recipe.sample(trainer.ema.module, settings.num_samples, sample_length(settings, block_size),
+                                settings.seed)
     return tokenizer.batch_decode(ids.cpu(), skip_special_tokens=False)
+
+
+def sample_length(settings, block_size: int) -> int:
+    return settings.sample_length or block_size
 
 
 def collect_results(trainer: Trainer, settings, data_config: DataConfig, extra: dict) -> dict:
@@ -90,7 +97,8 @@ def collect_results(trainer: Trainer, settings, data_config: DataConfig, extra: 
     model = trainer.ema.module
     return {
         "model": settings.model, "model_name": f"{settings.preset_name}-{settings.model}",
-        "output_dir": settings.output_dir, "steps": trainer.progress.step,
+        "output_dir": settings.output_dir, "model_folder": str(Path(settings.output_dir) / MODEL_SUBFOLDER),
+        "steps": trainer.progress.step,
         "skipped_steps": trainer.progress.skipped_steps, "tokens": trainer.progress.tokens,
         "train_seconds": trainer.log.total_seconds,
         "tokens_per_second": trainer.log.tokens_per_second,
@@ -106,15 +114,20 @@ def collect_results(trainer: Trainer, settings, data_config: DataConfig, extra: 
 
 
 def finish(trainer: Trainer, settings, data_config: DataConfig, tokenizer, resolved: dict, extra: dict) -> dict:
-    """Validate, sample, export the EMA weights with tokenizer and card, write results.json, optionally push."""
+    """Validate and export the EMA weights with tokenizer and card (the deliverable, written first), write
+    results.json; only then the optional parts: samples (added to the card), the Hub upload."""
     replicas = replica_fingerprints(trainer.accelerator, trainer.unwrapped_model, trainer.data_digest.hexdigest())
     results = collect_results(trainer, settings, data_config, {**extra, "replicas": replicas})
     accelerator = trainer.accelerator
     if accelerator.is_main_process:
+        architecture = architecture_summary(trainer.ema.module)
+        folder = export_model_folder(trainer.ema.module, tokenizer, build_model_card(results, resolved, architecture),
+                                     settings.output_dir)
+        write_results(results, settings.output_dir)
         results["samples"] = decode_samples(trainer, tokenizer, settings, data_config.block_size)
-        card = build_model_card(results, resolved, architecture_summary(trainer.ema.module))
-        folder = export_model_folder(trainer.ema.module, tokenizer, card, settings.output_dir)
-        (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        if results["samples"]:
+            build_model_card(results, resolved, architecture).save(folder / "README.md")
+            write_results(results, settings.output_dir)
         accelerator.print(format_summary(results))
         if settings.push_to_hub:
             accelerator.print(f"pushed to {push_model_folder(folder, settings.push_to_hub)}")
@@ -122,18 +135,24 @@ def finish(trainer: Trainer, settings, data_config: DataConfig, tokenizer, resol
     return results
 
 
+def write_results(results: dict, output_dir: str | Path) -> None:
+    (Path(output_dir) / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+
+
 def format_summary(results: dict) -> str:
     lines = ["\nvalidation: " + ", ".join(f"{k} {v:.4f}" for k, v in results["validation"].items())]
     if results.get("unigram_entropy_bits") is not None:
         lines.append(f"unigram entropy of the train split: {results['unigram_entropy_bits']:.4f} bits per token")
     lines += [f"sample {i + 1}: {text}" for i, text in enumerate(results.get("samples", []))]
-    lines.append(f"model folder: {results['output_dir']} (results.json, metrics.jsonl, checkpoints/)")
+    lines.append(f"model folder: {results['model_folder']} (run records beside it in {results['output_dir']}: "
+                 f"{RESULTS_FILE}, metrics.jsonl, checkpoints/)")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Train, validate, export (and push) as the flags say; returns the results.json summary."""
     settings, data_config = parse_settings(argv)
+    check_output_dir(settings.output_dir)
     if settings.push_to_hub:
         check_hub_access(settings.push_to_hub)
     recipe = RECIPES[settings.model]()
@@ -143,6 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator.print(global_batch)
     with output_dir_lock(settings.output_dir, accelerator.is_main_process):
         try:
+            claim_output_dir(settings.output_dir, settings.resume_from_checkpoint is not None,
+                             settings.overwrite_output_dir, accelerator)
             return train_and_export(accelerator, settings, data_config, recipe)
         finally:
             accelerator.end_training()
@@ -163,7 +184,7 @@ def train_and_export(accelerator, settings, data_config: DataConfig, recipe) -> 
         (Path(settings.output_dir) / "training_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     trainer = Trainer(settings, accelerator, recipe, model, splits, schedule, is_character_tokenizer(tokenizer), record)
     accelerator.init_trackers("logs", config=hyperparameters(resolved))
-    resume_training(accelerator, checkpoint, trainer.progress)
+    resume_training(accelerator, checkpoint, trainer.run_state)
     trainer.train()
     extra = {"unigram_entropy_bits": train_unigram_entropy(splits["train"]), "preset": settings.preset_name}
     return finish(trainer, settings, data_config, tokenizer, resolved, extra)
@@ -198,29 +219,42 @@ def cli(argv: list[str]) -> int:
 
 # --- The deliverable: model folder, model card, Hub upload ----------------------------------------------------
 
-RUN_ARTIFACTS = ["checkpoints/**", "logs/**", "*.lock"]
-"""What the output folder holds besides the model and is not uploaded (resumable state, TensorBoard events)."""
+MODEL_SUBFOLDER = "model"
+"""The exported model inside ``--output_dir``: exactly what ``--push_to_hub`` uploads. The run's own records
+(``results.json``, ``metrics.jsonl``, ``training_config.yaml``, ``checkpoints/``, ``logs/``, ``training.lock``)
+stay beside it, in ``--output_dir``."""
+RESULTS_FILE = "results.json"
+MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json", "*.py",
+               "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+               "vocab.json", "merges.txt", "chat_template.jinja", "README.md")
+"""What is uploaded (an allow-list): config, weights, code, tokenizer, generation config, card. Anything else in
+the folder (a stray ``.env``, an editor's backup) stays local."""
 
 
 def export_model_folder(model: nn.Module, tokenizer: PreTrainedTokenizerBase, card: ModelCard,
-                        folder: str | Path) -> Path:
+                        output_dir: str | Path) -> Path:
     """``save_pretrained`` of the model (config, safetensors, and for TarFlowLM its code) and of the tokenizer,
-    plus the card as README.md, so ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` and
-    ``AutoTokenizer.from_pretrained(folder)`` work."""
-    check_finite_parameters(model, f"export to {folder}")
-    folder = Path(folder)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    card.save(folder / "README.md")
+    plus the card as README.md, into ``output_dir/model`` (written beside it, then renamed over any older export,
+    so the folder holds this model only), so ``AutoModel.from_pretrained(folder)`` and
+    ``AutoTokenizer.from_pretrained(folder)`` work. Returns the folder."""
+    check_finite_parameters(model, f"export to {output_dir}")
+    folder = Path(output_dir) / MODEL_SUBFOLDER
+    temporary = folder.with_name(f".tmp-{MODEL_SUBFOLDER}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    model.save_pretrained(temporary)
+    tokenizer.save_pretrained(temporary)
+    card.save(temporary / "README.md")
+    shutil.rmtree(folder, ignore_errors=True)
+    temporary.rename(folder)
     return folder
 
 
 def push_model_folder(folder: str | Path, repo_id: str, api: HfApi | None = None) -> str:
-    """Create `repo_id` if needed and upload the model folder, run artifacts excluded; returns the commit URL."""
+    """Create `repo_id` if needed and upload the model folder's `MODEL_FILES`; returns the commit URL."""
     api = api or HfApi()
     api.create_repo(repo_id, exist_ok=True, repo_type="model")
     commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                               ignore_patterns=RUN_ARTIFACTS, commit_message="Upload TarFlowLM training run")
+                               allow_patterns=list(MODEL_FILES), commit_message="Upload TarFlowLM model")
     return str(commit)
 
 
@@ -287,12 +321,28 @@ def card_data(results: dict) -> ModelCardData:
 
 def model_location(results: dict, settings: dict) -> str:
     """Where a reader of the card loads the model from: the Hub repository when the run pushes there, else the
-    folder's absolute path (a relative one would be looked up on the Hub from any other working directory)."""
-    return settings.get("push_to_hub") or str(Path(results["output_dir"]).resolve())
+    local model folder's absolute path (a relative one would be looked up on the Hub from any other working
+    directory; a card with a local path is never uploaded)."""
+    return settings.get("push_to_hub") or str(Path(results.get("model_folder") or results["output_dir"]).resolve())
+
+
+def portable(value):
+    """`value` (a setting, a mapping or list of them) with every absolute local path cut to its last component:
+    the card is uploaded, and ``/home/<user>/...`` says nothing to a reader but who trained where."""
+    if isinstance(value, dict):
+        return {key: portable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [portable(item) for item in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return Path(value).name
+    return value
 
 
 def build_model_card(results: dict, settings: dict, architecture: dict) -> ModelCard:
-    """`results` as `training/run.py` writes them to results.json; `settings` the resolved training settings."""
+    """`results` as `training/run.py` writes them to results.json; `settings` the resolved training settings.
+    Absolute local paths are left out (`portable`); the usage snippet loads from `model_location`."""
+    location = model_location(results, settings)
+    results, settings, architecture = portable(results), portable(settings), portable(architecture)
     data = results["data"]
     metric_note = ("The TarFlowLM value is the negative ELBO with one z sample per block: an upper bound on the "
                    "negative log-likelihood." if results["model"] == "tarflow" else "Exact negative log-likelihood.")
@@ -301,7 +351,7 @@ def build_model_card(results: dict, settings: dict, architecture: dict) -> Model
         summary=_SUMMARY[results["model"]], preset=settings.get("config") or "custom", steps=results["steps"],
         tokens=f"{results['tokens']:,}", skipped_steps=results["skipped_steps"], ema_decay=settings["ema_decay"],
         usage=_USAGE[results["model"]].format(  # the card's samples, reproduced: same seed, count and length
-            folder=model_location(results, settings), seed=settings["seed"], count=settings.get("num_samples") or 2,
+            folder=location, seed=settings["seed"], count=settings.get("num_samples") or 2,
             length=settings.get("sample_length") or data["block_size"]),
         metric_rows=metric_rows(results), metric_note=metric_note, dataset=data["dataset"],
         tokenizer=data["tokenizer"], block_size=data["block_size"],

@@ -36,8 +36,8 @@ from transformers import get_scheduler
 from evaluation.bounds import bits, perplexity
 from evaluation.training_logs import METRICS_FILE
 from training.arguments import TrainingSettings
-from training.checkpointing import TrainingProgress, checkpoints_root, save_checkpoint
-from training.errors import SettingsError, TrainingStopped
+from training.checkpointing import RunState, TrainingProgress, checkpoints_root, save_checkpoint
+from training.errors import DataError, SettingsError, TrainingStopped
 from training.recipes import isolated_rng
 from training.stages import Stage, StageSchedule, freeze_averaged_weights, set_trainable
 
@@ -377,11 +377,13 @@ class Trainer:
         self.model, self.optimizer, self.train_loader, self.eval_loader = accelerator.prepare(
             model, optimizer, *build_loaders(splits, settings))
         if len(self.train_loader) == 0:
-            raise ValueError(f"the train split ({len(splits['train'])} blocks) holds no full batch of "
-                             f"{settings.per_device_train_batch_size} blocks per process")
+            raise DataError(f"the train split holds {len(splits['train'])} blocks, fewer than one batch of "
+                            f"--per_device_train_batch_size {settings.per_device_train_batch_size} blocks per process "
+                            f"x {accelerator.num_processes} process(es); lower the batch size or --block_size, or "
+                            "use more data")
         self.ema = build_ema(self.unwrapped_model, settings.ema_decay)
         self.progress = TrainingProgress()
-        accelerator.register_for_checkpointing(self.lr_scheduler, self.ema, self.progress)
+        self.run_state = RunState(self.progress, self.lr_scheduler, self.ema)  # JSON and safetensors, no pickles
         self.guard = NonFiniteStepGuard(settings.max_nonfinite_steps)
         self.block_size = splits["train"][0]["input_ids"].shape[0]
         self.current_stage: int | None = None
@@ -405,7 +407,7 @@ class Trainer:
         bar = tqdm(total=settings.max_steps, initial=progress.step, unit="step", dynamic_ncols=True,
                    disable=not self.accelerator.is_local_main_process, desc=f"training {self.recipe.kind}")
         batches = micro_batches(self.accelerator, self.train_loader, progress.micro_batches)
-        with StopSignals() as signals:
+        with StopSignals() as signals, bar:  # the bar ends its line however the loop ends, before any error line
             while progress.step < settings.max_steps:
                 stage = self.schedule.stage_at(progress.step)
                 self._enter_stage(stage)
@@ -417,7 +419,6 @@ class Trainer:
                 if self._stop_agreed(signals):
                     bar.close()
                     self._stop(signals.received or signal.SIGTERM)
-        bar.close()
 
     def _stop_agreed(self, signals: StopSignals) -> bool:
         """Whether any process received SIGTERM / SIGINT: all processes take the same decision at the same step
@@ -439,7 +440,7 @@ class Trainer:
         step = self.progress.step
         check_finite_parameters(self.unwrapped_model, f"checkpoint at step {step}")
         path = save_checkpoint(self.accelerator, self.settings.output_dir, step, self.settings.save_total_limit,
-                               self.run_record)
+                               self.run_record, self.run_state)
         self.last_saved_step = step
         return path
 

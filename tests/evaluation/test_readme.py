@@ -43,7 +43,7 @@ def test_the_setup_line_installs_the_eval_extra_and_the_quick_protocols_referenc
 @pytest.mark.parametrize("name, module", [("likelihood", likelihood), ("generative", generative)])
 def test_each_evaluation_command_parses_and_writes_under_outputs_evaluation(name, module):
     model, settings = parse_arguments(getattr(module, f"{name.capitalize()}Arguments"), command(name), name, "")
-    assert model == "outputs/quickstart-tarflow" and settings.protocol == "quick" and settings.output is None
+    assert model == "outputs/quickstart-tarflow/model" and settings.protocol == "quick" and settings.output is None
 
 
 def test_the_generative_command_computes_mauve():

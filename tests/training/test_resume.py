@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate.utils import load as load_torch_file
 from safetensors.torch import load_file
 
 from tests.helpers import REPO
@@ -19,8 +20,8 @@ from evaluation.training_logs import METRICS_FILE, read_metrics
 from training.checkpointing import complete_checkpoints
 
 MAX_STEPS = 12
-CHECKPOINT_FILES = ("model.safetensors", "optimizer.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl",
-                    "custom_checkpoint_1.pkl", "custom_checkpoint_2.pkl")
+CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "training_state.json", "optimizer.bin",
+                    "random_states_0.pkl")
 
 
 def run_command(output_dir: Path, *extra: str, max_steps: int = MAX_STEPS) -> list[str]:
@@ -57,8 +58,10 @@ def assert_checkpoints_whole(output_dir: Path) -> None:
     for checkpoint in complete_checkpoints(output_dir):
         assert all((checkpoint / name).is_file() for name in CHECKPOINT_FILES), checkpoint
         load_file(checkpoint / "model.safetensors")
-        for name in CHECKPOINT_FILES[1:]:
-            torch.load(checkpoint / name, weights_only=False)
+        load_file(checkpoint / "ema.safetensors")
+        json.loads((checkpoint / "training_state.json").read_text())
+        for name in CHECKPOINT_FILES[3:]:
+            load_torch_file(checkpoint / name)  # weights_only=True, NumPy's RNG arrays allowed
 
 
 def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path):
@@ -80,7 +83,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path):
     assert sorted(losses) == list(range(1, MAX_STEPS + 1))
     assert {step: got[step]["train/loss"] for step in losses} == losses, f"killed after log line {kill_at}"
     assert [got[step]["eval/loss"] for step in (4, 8, 12)] == [expected[step]["eval/loss"] for step in (4, 8, 12)]
-    for name in ("model.safetensors", "checkpoints/checkpoint-12/model.safetensors"):
+    for name in ("model/model.safetensors", "checkpoints/checkpoint-12/model.safetensors"):
         final, reference_final = load_file(interrupted / name), load_file(uninterrupted / name)
         assert all(torch.equal(final[key], reference_final[key]) for key in reference_final), name
     assert [path.name for path in complete_checkpoints(interrupted)] == ["checkpoint-10", "checkpoint-11",
@@ -119,7 +122,8 @@ def test_sigterm_writes_a_checkpoint_and_resuming_reproduces_the_uninterrupted_r
                              cwd=REPO, capture_output=True, text=True, env=SINGLE_THREAD)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert reference.wait() == 0, reference.stderr.read()[-3000:]
-    final, reference_final = load_file(interrupted / "model.safetensors"), load_file(uninterrupted / "model.safetensors")
+    final = load_file(interrupted / "model" / "model.safetensors")
+    reference_final = load_file(uninterrupted / "model" / "model.safetensors")
     assert all(torch.equal(final[key], reference_final[key]) for key in reference_final)
 
 
@@ -163,4 +167,4 @@ def test_a_second_run_on_the_same_output_dir_is_refused_while_the_first_finishes
     assert error.startswith(f"error: --output_dir {tmp_path} is in use by another training run (process "), error
     assert first.wait(timeout=600) == 0, first.stderr.read()[-3000:]
     assert sorted(read_metrics(tmp_path)) == list(range(1, 9))  # the first run's steps, none from the second
-    assert AutoModel.from_pretrained(tmp_path, trust_remote_code=True).config.hidden_size == 32
+    assert AutoModel.from_pretrained(tmp_path / "model", trust_remote_code=True).config.hidden_size == 32

@@ -49,7 +49,8 @@ def test_every_preset_file_parses():
 
 def test_command_line_flags_override_the_preset():
     settings, data_config = parse_settings(["--config", "quickstart", "--max_steps", "7", "--block_size", "64",
-                                            "--model_config", '{"hidden_size": 64}', "--model", "gpt2"])
+                                            "--sample_length", "64", "--model_config", '{"hidden_size": 64}',
+                                            "--model", "gpt2"])
     preset = load_preset("quickstart")
     assert (settings.max_steps, data_config.block_size, settings.model) == (7, 64, "gpt2")
     assert settings.model_config == {**preset["model_config"], "hidden_size": 64}
@@ -150,8 +151,8 @@ def test_an_incomplete_checkpoint_is_refused_or_skipped_with_a_note(tmp_path):
     (fake_checkpoint(root / "checkpoint-6", 6) / "random_states_0.pkl").unlink()
     notes = []
     assert find_resume_checkpoint("latest", tmp_path, notes.append).name == "checkpoint-4"
-    assert "checkpoint-6 is incomplete (missing or truncated: random_states_0.pkl)" in notes[0]
-    with pytest.raises(CheckpointError, match="incomplete.*random_states_0.pkl"):
+    assert "checkpoint-6 is incomplete or corrupted (random_states_0.pkl missing)" in notes[0]
+    with pytest.raises(CheckpointError, match="incomplete or corrupted.*random_states_0.pkl missing"):
         find_resume_checkpoint(str(root / "checkpoint-6"), tmp_path)
     (root / "checkpoint-4" / "checkpoint.json").unlink()  # e.g. a folder copied by hand
     with pytest.raises(CheckpointError, match="no whole checkpoint"):
