@@ -229,15 +229,17 @@ def main(argv: list[str] | None = None) -> dict:
     reference = load_reference_lm(run.reference_model, run.device, run.torch_dtype) \
         if "gen_ppl" in run.metrics else None
     if run.sweep:
-        return run_sweep(run, lambda setting: score_samples(setting, argv, loaded, reference), loaded.label, argv)
-    record = score_samples(run, argv, loaded, reference)
+        return run_sweep(run, lambda setting: score_samples(setting, argv, loaded, reference, references),
+                         loaded.label, argv)
+    record = score_samples(run, argv, loaded, reference, references)
     write_json(record, run.output)
     print(summary_line(record), flush=True)
     return record
 
 
-def score_samples(run: GenerativeRun, argv: list[str], loaded: LoadedModel, reference: LoadedModel | None) -> dict:
-    """The record of one setting: its samples drawn and scored (and the references, with MAUVE)."""
+def score_samples(run: GenerativeRun, argv: list[str], loaded: LoadedModel, reference: LoadedModel | None,
+                  references: dict | None) -> dict:
+    """The record of one setting: its samples drawn and scored (and the `references` blocks, with MAUVE)."""
     torch.manual_seed(run.seed)  # after loading, so that the samples depend on the seed alone
     ids = draw_samples(loaded, run.num_samples, run.sample_length, run.batch_size, run.temperature, run.top_p,
                        run.noise_temperature)

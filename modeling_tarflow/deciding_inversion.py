@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .couplings import MixtureRosenblattCoupling
-from .inversion import JacobiInversion, LayerInversion, SequentialInversion
+from .inversion import JacobiInversion, LayerInversion, SequentialInversion, checked_inverse
 from .next_token_controls import TokenDecider
 from .transformer import CausalConditioner, ConditionerContext
 
@@ -34,20 +34,19 @@ class DecidingInversion:
     def use_cache(self) -> bool:
         return self.base.use_cache
 
-    def invert(self, conditioner: CausalConditioner, coupling, y: torch.Tensor,
-               context: ConditionerContext) -> LayerInversion:
+    def invert(self, conditioner: CausalConditioner, coupling, y: torch.Tensor, context: ConditionerContext,
+               layer_name: str = "a flow layer") -> LayerInversion:
         if coupling is not self.first:
-            return self.base.invert(conditioner, coupling, y, context)
+            return self.base.invert(conditioner, coupling, y, context, layer_name)
         warper = self.decider.warp_log_pi if self.decider.controls.changes_pi else None
         if warper is not None and not isinstance(coupling, MixtureRosenblattCoupling):
             raise TypeError("log π controls need a Mix-d first layer")
+        options = {} if warper is None else {"log_pi_warper": warper}
+        inverse = checked_inverse(lambda u, features: coupling.inverse(u, features, self.base.root, **options),
+                                  layer_name)
         patches, iterations = [], 0
         for t in range(y.shape[1]):
-            features = conditioner.step(context)
-            if warper is None:
-                patch, used = coupling.inverse(y[:, t:t + 1], features, self.base.root)
-            else:
-                patch, used = coupling.inverse(y[:, t:t + 1], features, self.base.root, log_pi_warper=warper)
+            patch, used = inverse(y[:, t:t + 1], conditioner.step(context))
             context.advance(patch)
             patches.append(patch)
             iterations = max(iterations, used)

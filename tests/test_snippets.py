@@ -77,7 +77,8 @@ def run_program(program: Program, substitutions: dict[str, str]) -> str:
 
 @pytest.fixture(scope="module")
 def quickstart_stand_in(tmp_path_factory) -> Path:
-    """A model folder as the main command exports it (quickstart layout, context 128), trained for 6 steps."""
+    """A run folder as the main command writes it (its model in `model/`; quickstart layout, context 128), trained
+    for 6 steps."""
     folder = tmp_path_factory.mktemp("quickstart-tarflow")
     run_in_process(tiny_args(folder, "--block_size", "128", "--num_samples", "2", "--sample_length", "16"))
     return folder
@@ -121,7 +122,7 @@ def test_every_documented_block_runs_as_written(program, quickstart_stand_in, re
 
 def test_the_model_cards_block_runs_from_any_directory_and_prints_the_cards_samples(quickstart_stand_in,
                                                                                     in_empty_directory):
-    card = quickstart_stand_in.joinpath("README.md").read_text(encoding="utf-8")
+    card = quickstart_stand_in.joinpath("model", "README.md").read_text(encoding="utf-8")
     (program,) = programs("model card", card)
     printed = run_program(program, {})
     samples = [line.removeprefix("> ") for line in card.splitlines() if line.startswith("> ")]
@@ -131,7 +132,7 @@ def test_the_model_cards_block_runs_from_any_directory_and_prints_the_cards_samp
 def test_the_pipeline_batches_prompts_of_equal_length_once_its_tokenizer_has_a_pad_token(quickstart_stand_in):
     from transformers import pipeline
 
-    generator = pipeline("text-generation", model=str(quickstart_stand_in), trust_remote_code=True)
+    generator = pipeline("text-generation", model=str(quickstart_stand_in / "model"), trust_remote_code=True)
     generator.tokenizer.pad_token = " "
     prompts = ["the meaning of life is ", "once upon a time there "]
     batched = generator(prompts, max_new_tokens=8, batch_size=2, seed=0)

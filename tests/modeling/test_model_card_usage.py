@@ -13,7 +13,7 @@ from tests.helpers.training import run_in_process, tiny_args
 def test_the_usage_snippet_of_an_exported_model_card_runs_verbatim(tmp_path):
     output_dir = tmp_path / "run"
     run_in_process(tiny_args(output_dir))
-    card = (output_dir / "README.md").read_text()
+    card = (output_dir / "model" / "README.md").read_text()
     snippet = re.search(r"## Use\s+```python\n(.*?)```", card, flags=re.DOTALL).group(1)
     script = "import sys\nsys.modules['modeling_tarflow'] = None\n" + snippet   # only the folder's copy may serve
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
