@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .couplings import MixtureRosenblattCoupling
-from .inversion import JacobiInversion, LayerInversion, SequentialInversion, checked_inverse
+from .inversion import (JacobiInversion, LayerInversion, SequentialInversion, checked_inverse,
+                        invert_patch_by_patch)
 from .next_token_controls import TokenDecider
 from .transformer import CausalConditioner, ConditionerContext
 
@@ -44,15 +45,7 @@ class DecidingInversion:
         options = {} if warper is None else {"log_pi_warper": warper}
         inverse = checked_inverse(lambda u, features: coupling.inverse(u, features, self.base.root, **options),
                                   layer_name)
-        patches, iterations = [], 0
-        for t in range(y.shape[1]):
-            patch, used = inverse(y[:, t:t + 1], conditioner.step(context))
-            context.advance(patch)
-            patches.append(patch)
-            iterations = max(iterations, used)
-            if self.decider.decide(patch):
-                break
-        h = torch.cat(patches, dim=1).to(y.dtype)
+        h, iterations = invert_patch_by_patch(inverse, conditioner, y, context, stop=self.decider.decide)
         rest = y.shape[1] - h.shape[1]
         if rest:
             h = torch.cat([h, h.new_full((h.shape[0], rest, h.shape[2]), float("nan"))], dim=1)

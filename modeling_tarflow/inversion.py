@@ -102,15 +102,18 @@ def _compile_options(coupling, backend: str) -> dict | None:
     return {"cpp_wrapper": True} if backend == "inductor" and device.type == "cpu" else None
 
 
-def _invert_patch_by_patch(inverse: CouplingInverse, conditioner: CausalConditioner, y: torch.Tensor,
-                           context: ConditionerContext) -> tuple[torch.Tensor, int]:
-    """h_t = τ⁻¹(y_t; f_t) for t = 0, 1, ..: the exact triangular solve, one conditioner step per patch."""
+def invert_patch_by_patch(inverse: CouplingInverse, conditioner: CausalConditioner, y: torch.Tensor,
+                          context: ConditionerContext, stop=None) -> tuple[torch.Tensor, int]:
+    """h_t = τ⁻¹(y_t; f_t) for t = 0, 1, ..: the exact triangular solve, one conditioner step per patch; `stop`
+    (patch → bool), when given, ends it early (the patches solved so far are returned)."""
     patches, iterations = [], 0
     for t in range(y.shape[1]):
         patch, used = inverse(y[:, t:t + 1], conditioner.step(context))
         context.advance(patch)
         patches.append(patch)
         iterations = max(iterations, used)
+        if stop is not None and stop(patch):
+            break
     return torch.cat(patches, dim=1).to(y.dtype), iterations
 
 
@@ -128,7 +131,7 @@ class SequentialInversion:
     def invert(self, conditioner: CausalConditioner, coupling, y: torch.Tensor, context: ConditionerContext,
                layer_name: str = "a flow layer") -> LayerInversion:
         inverse = checked_inverse(compiled_inverse(coupling, self.compile_backend, self.root), layer_name)
-        return LayerInversion(*_invert_patch_by_patch(inverse, conditioner, y, context), [])
+        return LayerInversion(*invert_patch_by_patch(inverse, conditioner, y, context), [])
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,7 @@ class JacobiInversion:
         blocks, root_iterations, block_iterations = [], 0, []
         for start in range(0, y.shape[1], self.block_size):
             if block_iterations and block_iterations[-1] > self.fallback_fraction * self.block_size:
-                h, used = _invert_patch_by_patch(inverse, conditioner, y[:, start:], context)
+                h, used = invert_patch_by_patch(inverse, conditioner, y[:, start:], context)
                 blocks, block_iterations = blocks + [h], block_iterations + [h.shape[1]]
                 root_iterations = max(root_iterations, used)
                 break
@@ -189,5 +192,5 @@ class JacobiInversion:
 
 SEQUENTIAL = SequentialInversion()
 
-__all__ = ["LayerInversion", "NonFiniteInversionError", "check_finite_parameters", "checked_inverse", "SequentialInversion", "JacobiInversion", "SEQUENTIAL", "compiled_inverse",
+__all__ = ["LayerInversion", "NonFiniteInversionError", "check_finite_parameters", "checked_inverse", "invert_patch_by_patch", "SequentialInversion", "JacobiInversion", "SEQUENTIAL", "compiled_inverse",
            "COMPILED_ROOT_ITERATIONS"]
