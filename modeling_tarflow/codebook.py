@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .input_checks import check_component_ids, check_latents
 from .mixtures import LOG_SQRT_2PI
 from .precision import working_dtype
 
@@ -34,6 +35,7 @@ class GaussianCodebook(nn.Module):
 
     def sample(self, ids: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """z = μ_x + σ_x ε with ε ~ N(0, I) (reparameterised), shape (*ids.shape, d)."""
+        check_component_ids(ids, self.num_components)
         mu, log_sigma = self._full_precision_params()
         if noise is None:
             noise = torch.randn(*ids.shape, self.dim, device=mu.device, dtype=mu.dtype)
@@ -41,6 +43,7 @@ class GaussianCodebook(nn.Module):
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log N_k(z) for every component k: shape (..., K). These are also the decoder's logits."""
+        check_latents(z, self.dim, check_finite=False)
         mu, log_sigma = self._full_precision_params(z)
         z = z.to(mu.dtype)
         if self.num_components * self.dim <= self.direct_distance_max_entries:

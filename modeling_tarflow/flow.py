@@ -19,6 +19,7 @@ from transformers.utils import ModelOutput
 
 from .codebook import GaussianCodebook
 from .couplings import build_coupling
+from .input_checks import check_layer_counts
 from .inversion import SEQUENTIAL, JacobiInversion, LayerInversion, SequentialInversion, check_finite_parameters
 from .mixtures import normal_log_prob
 from .root_finding import RootFinding
@@ -215,7 +216,8 @@ class FlowStack(nn.Module):
         refuse NaN or infinite latents (a device sync; the model skips it for its own samples).
         """
         self._check_latents(z, "z", 0 if prompt is None else prompt.length, check_finite)
-        layers = self.layers[:num_layers] if num_layers is not None else self.layers
+        num_layers = check_layer_counts(num_layers, num_frozen, len(self.layers))
+        layers = self.layers[:num_layers]
         h, levels, log_dets = self.patchify(z), [z], []
         for index, layer in enumerate(layers if output_u else layers[:-1]):
             with _trained_if(index >= num_frozen):

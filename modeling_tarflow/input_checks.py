@@ -83,6 +83,34 @@ def check_layer_counts(num_flow_layers, num_frozen_flow_layers, total: int) -> i
     return used
 
 
+def check_latents(z, latent_dim: int, name: str = "z", check_finite: bool = True) -> None:
+    """Raise unless `z` is a non-empty floating-point tensor (..., latent_dim) (and, by default, finite)."""
+    if not torch.is_tensor(z):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+    if not z.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor of latents, got dtype {z.dtype}")
+    if z.dim() == 0 or z.shape[-1] != latent_dim or z.numel() == 0:
+        raise ValueError(f"{name} must have shape (..., latent_dim={latent_dim}), got {tuple(z.shape)}")
+    if check_finite and not bool(torch.isfinite(z).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def check_component_ids(ids, num_components: int, name: str = "ids") -> None:
+    """Raise unless `ids` is an integer tensor of component (token) ids in [0, num_components)."""
+    if not torch.is_tensor(ids):
+        raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(ids).__name__}")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TokenIdDtypeError(f"{name} must hold integer token ids (e.g. torch.long), got dtype {ids.dtype}")
+    if ids.numel() and not bool(((ids >= 0) & (ids < num_components)).all()):
+        raise ValueError(f"{name} contains ids outside [0, {num_components})")
+
+
+def check_flag(value, name: str) -> None:
+    """Raise unless `value` is a bool (or None, meaning the default)."""
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
 def is_integer(value) -> bool:
     """A Python or NumPy integer, not a bool (True would pass as 1) and not an integral float (4.0)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)

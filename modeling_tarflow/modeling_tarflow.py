@@ -3,8 +3,11 @@ the flow language model — codebook encoder/decoder (§3.1) around the flow pri
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -17,7 +20,8 @@ from .flow import FlowOutput, FlowStack
 from .generation import TarFlowGenerateOutput, TarFlowGenerationConfig, generate_tokens
 from .heads import LinearHead, MaskedAutoregressiveHead
 from .transformer import CausalConditioner
-from .input_checks import as_token_ids, check_layer_counts, check_noise, check_unpadded
+from .input_checks import (as_token_ids, check_flag, check_latents, check_layer_counts, check_noise,
+                           check_unpadded)
 
 try:  # transformers ≥ 5: init functions that skip weights already loaded from a checkpoint
     from transformers import initialization as init
@@ -87,6 +91,7 @@ class TarFlowPreTrainedModel(PreTrainedModel):
         `TarFlowConfig.check_architecture_fingerprint`). The load report is on the error as `loading_info`, and
         returned as usual with `output_loading_info=True`."""
         wants_loading_info = kwargs.pop("output_loading_info", False)
+        _check_generation_config_file(args[0] if args else kwargs.get("pretrained_model_name_or_path"))
         model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         _check_loading_info(loading_info)
         model.config.check_architecture_fingerprint()
@@ -160,7 +165,8 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
         return self.codebook.sample(input_ids, noise)
 
     def decode(self, z: torch.Tensor) -> torch.FloatTensor:
-        """Logits of the tied decoder p(x_t = k | z_t) = softmax_k log N_k(z_t): (batch, length, vocab_size)."""
+        """Logits of the tied decoder p(x_t = k | z_t) = softmax_k log N_k(z_t): (..., latent_dim) → (..., vocab_size)."""
+        check_latents(z, self.config.latent_dim)
         return self.codebook.log_prob(z)
 
     def forward(
@@ -193,6 +199,9 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
                 Rosenblatt transform's V·d terms per token. `u` and `flow_log_dets` are then None
                 (`output_hidden_states` needs u and computes it).
         """
+        for flag, name in ((output_u, "output_u"), (output_hidden_states, "output_hidden_states"),
+                           (return_dict, "return_dict")):
+            check_flag(flag, name)
         input_ids = self._checked_ids(input_ids, noise)
         check_unpadded(attention_mask, input_ids, "inputs", "pass unpadded sequences of equal length (e.g. text "
                        "grouped into fixed-length blocks)")
@@ -292,6 +301,20 @@ class TarFlowForCausalFlowLM(TarFlowPreTrainedModel, GenerationMixin):
         if noise is not None:
             check_noise(noise, (*input_ids.shape, config.latent_dim), "(batch, length, latent_dim)")
         return input_ids
+
+
+def _check_generation_config_file(location) -> None:
+    """A local folder's `generation_config.json` must be readable JSON: transformers would log the error and sample
+    with default settings instead of the saved ones."""
+    if not isinstance(location, (str, os.PathLike)):
+        return
+    path = Path(location) / "generation_config.json"
+    if path.is_file():
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path} is not valid JSON ({error}); fix it, or delete it to sample with the "
+                             "defaults") from error
 
 
 def _check_labels(labels, input_ids: torch.Tensor) -> None:
