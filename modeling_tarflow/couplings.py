@@ -22,12 +22,11 @@ from torch import nn
 
 from .codebook import DIRECT_DISTANCE_MAX_ENTRIES, GaussianCodebook
 from .heads import LinearHead, MaskedAutoregressiveHead
-from .mixtures import (log_cdf_pair, log_sum_exp, mixture_cdf_transform, mixture_inverse_cdf, mixture_log_prob,
-                       normal_log_prob,
-                       probit_from_log_cdf)
-from .precision import full_precision as _full_precision
 from .fast_paths import rows_per_chunk, uses_pruned_transform
 from .mixd_pruning import prune_mixture, pruned_rosenblatt_u
+from .mixtures import (log_cdf_pair, log_sum_exp, mixture_cdf_transform, mixture_inverse_cdf, mixture_log_prob,
+                       normal_log_prob, probit_from_log_cdf)
+from .precision import full_precision as _full_precision
 from .root_finding import RootFinding
 from .tied_mixd_likelihood import mixd_log_density, tied_mixd_log_terms
 
@@ -183,22 +182,23 @@ class MixtureRosenblattCoupling(nn.Module):
         # checkpointing). On a CPU they also go in chunks that keep their terms in the L2 cache (no recomputation
         # needed): the transform is some twenty elementwise passes over them, memory-bound once they spill.
         if not torch.is_grad_enabled() and uses_pruned_transform(self.num_mixtures):
-            rows = rows_per_chunk(h.device, self.patch_size * self.num_mixtures * self.latent_dim, pruned=True)
-            pieces = [self._frozen_rosenblatt(z[s:s + rows], logits[s:s + rows]) for s in range(0, z.shape[0], rows)]
-            u, log_det = torch.cat([u for u, _ in pieces]), torch.cat([log_det for _, log_det in pieces])
+            rows = rows_per_chunk(h.device, self._terms_per_row, pruned=True)
+            u, log_det = _in_chunks(self._frozen_rosenblatt, z, logits, rows)
         else:
             u, log_det = self._dense_rosenblatt(z, logits)
         return u.unflatten(0, (batch, length)), log_det.unflatten(0, (batch, length))
 
+    @property
+    def _terms_per_row(self) -> int:
+        """Per-dimension terms of one patch: P·K·d."""
+        return self.patch_size * self.num_mixtures * self.latent_dim
+
     def _dense_rosenblatt(self, z: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`_rosenblatt` over all rows (patches) in chunks: within `max_chunk_elements` (checkpointed past it when
         gradients are on) and, on a CPU, sized to the cache."""
-        per_row = self.patch_size * self.num_mixtures * self.latent_dim
-        rows = rows_per_chunk(z.device, per_row, self.max_chunk_elements)
-        transform = self._checkpointed_rosenblatt if self.max_chunk_elements // per_row < z.shape[0] else \
-            self._rosenblatt
-        pieces = [transform(z[s:s + rows], logits[s:s + rows]) for s in range(0, z.shape[0], rows)]
-        return torch.cat([u for u, _ in pieces]), torch.cat([log_det for _, log_det in pieces])
+        rows = rows_per_chunk(z.device, self._terms_per_row, self.max_chunk_elements)
+        checkpointed = self.max_chunk_elements // self._terms_per_row < z.shape[0]
+        return _in_chunks(self._checkpointed_rosenblatt if checkpointed else self._rosenblatt, z, logits, rows)
 
     def log_density(self, h: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         r"""log p_mixd(z_t | C_t) = Σ_p [LSE_k(ℓ_{t,p,k} + log N_k(z_{t,p})) − LSE_k ℓ_{t,p,k}] per patch, (B, n): what
@@ -231,7 +231,7 @@ class MixtureRosenblattCoupling(nn.Module):
     def _frozen_rosenblatt(self, z: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`_rosenblatt` without gradients (a frozen layer, progressive stages 2–3), from the certified-kept
         components of dimensions ≥ 2 (`mixd_pruning.pruned_rosenblatt_u`); the tokens it cannot certify, or a
-        chunk where pruning would not pay, take `_rosenblatt`. log|det| = log p_mixd(z) − log N(u; 0, I), with
+        chunk where pruning would not pay, take `_dense_rosenblatt`. log|det| = log p_mixd(z) − log N(u; 0, I), with
         log p_mixd from the codebook distances' float64 factors (`tied_mixd_likelihood.mixd_log_density`)."""
         context, (z, logits) = _full_precision(z, logits)
         with context:
@@ -309,7 +309,6 @@ class MixtureRosenblattCoupling(nn.Module):
             return log_alpha[..., order], mean[order], log_sigma[order]
         return pruned.log_w, pruned.mean, pruned.log_scale
 
-
     def _mean_order(self, mu: torch.Tensor) -> torch.Tensor:
         """argsort of the component means per dimension, (K, d): a cache of the (constant) codebook's sort, which
         every dimension of every sampled token would otherwise redo; recomputed when μ changes."""
@@ -320,6 +319,12 @@ class MixtureRosenblattCoupling(nn.Module):
 
     def _component_params(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         return self.components.mu.to(dtype), self.components.log_sigma.to(dtype)
+
+
+def _in_chunks(transform, z: torch.Tensor, logits: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`transform` (rows of z and logits → (u, log_det)) applied `rows` rows at a time, the pieces concatenated."""
+    pieces = [transform(z[s:s + rows], logits[s:s + rows]) for s in range(0, z.shape[0], rows)]
+    return torch.cat([u for u, _ in pieces]), torch.cat([log_det for _, log_det in pieces])
 
 
 def build_coupling(layer: dict, config, codebook: GaussianCodebook | None) -> nn.Module:

@@ -1,6 +1,6 @@
 """Where the fused and chunked fast paths of the V-sized Mix-d arithmetic run, and how large their chunks are: the one
 place that knows about devices, caches and the compiler. The equations themselves (`tied_mixd_likelihood.py`,
-`rosenblatt.py`, `couplings.py`) take a chunk size and never ask which device they are on.
+`mixd_pruning.py`, `couplings.py`) take a chunk size and never ask which device they are on.
 
 - On a CPU a chunk's working set should stay in the core's cache: the V-sized passes are memory-bound once they
   spill (bench/results/mixture_cdf.json, `speedup_of_chunks`).
